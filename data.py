@@ -1,0 +1,326 @@
+"""Image sources, the decode-once uint8 cache, and train/val/test splits.
+
+Sources (``--data``):
+  celeba          ROOT/img_align_celeba/*.jpg (+ optional ROOT/list_eval_partition.txt); torchvision's
+                  ROOT/celeba/... layout works too. Partial copies are fine: partition rows naming
+                  absent files are ignored; files on disk missing from the partition file are skipped
+                  with a warning. Without a partition file the split is seeded (80/10/10).
+  folder:PATH     any folder of images (recursive; jpg/jpeg/png/webp/bmp), seeded 80/10/10 split.
+  digits          scikit-learn's bundled 8x8 digits (1,797 images) upscaled; offline default.
+
+Transform (as the seed project): resize the shorter side to ``image_size`` (bilinear, antialiased) ->
+center crop -> grayscale (1 channel) or RGB (3) -> uint8. Models see ``to_float(x) = x/127.5 - 1``
+in [-1, 1].
+
+Decoding happens once: the uint8 tensor is cached on disk (``--cache-dir``, default outputs/cache)
+under a key made of the file list, each file's size and mtime, and the transform, so later epochs
+and runs read memory, and any change to the files or the transform rebuilds the cache.
+
+Bad files: unreadable, corrupt or truncated images are skipped and counted; a warning names them
+(the run fails only when nothing is readable). RGBA/LA/palette/CMYK images are converted (alpha is
+dropped); 16-bit images are scaled to 8 bits (x / 257), never clipped.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from utils import UserError, atomic_torch_save, sha256_json
+
+IMG_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+SPLITS = ("train", "val", "test")
+CACHE_VERSION = 1
+DEFAULT_CACHE_DIR = os.environ.get("DCGAN_CACHE_DIR", "outputs/cache")
+
+
+@dataclass
+class ImageSet:
+    """All decoded images of a source as one uint8 tensor (N, C, H, W) plus split indices."""
+
+    images: torch.Tensor
+    names: list
+    splits: dict = field(default_factory=dict)  # split name -> LongTensor of indices
+    source: str = ""
+    key: str = ""  # identity of files + transform; used by feature caches
+    skipped: list = field(default_factory=list)
+
+    def split(self, name: str) -> torch.Tensor:
+        if name == "all":
+            return self.images
+        if name not in self.splits:
+            raise UserError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)} or all")
+        return self.images[self.splits[name]]
+
+    def split_key(self, name: str) -> str:
+        idx = self.splits[name].tolist() if name != "all" else "all"
+        return sha256_json([self.key, name, idx])
+
+    def __len__(self):
+        return len(self.images)
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1] (the generator's range)."""
+    return x.float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] (generator output) -> uint8 [0, 255], rounding to nearest."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round_().to(torch.uint8)
+
+
+# ----------------------------------------------------------------------------- decoding
+def _to_mode(img: Image.Image, channels: int | None) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 257.0 if arr.max(initial=0) <= 65535 else arr.max() / 255.0
+        img = Image.fromarray(np.clip(np.round(arr / scale), 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8), "L")
+    if channels is None:
+        channels = 1 if img.mode in ("L", "1", "I", "F") else 3
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA").convert("RGB")  # drop alpha
+    return img.convert("L" if channels == 1 else "RGB")
+
+
+def transform_pil(img: Image.Image, image_size: int | None, channels: int | None) -> np.ndarray:
+    """Resize shorter side -> center crop -> L/RGB -> uint8 array (C, H, W)."""
+    import torchvision.transforms.functional as TF
+
+    img = _to_mode(img, channels)
+    if image_size:
+        img = TF.center_crop(TF.resize(img, image_size, interpolation=TF.InterpolationMode.BILINEAR,
+                                       antialias=True), image_size)
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _decode(path, image_size, channels):
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return transform_pil(img, image_size, channels), None
+    except Exception as e:  # corrupt, truncated or not an image at all
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def decode_files(paths, image_size, channels, desc="decoding", progress=True):
+    """Decode files in parallel threads. Returns (uint8 tensor, kept indices, skipped [(path, why)])."""
+    arrays, kept, skipped = [], [], []
+    workers = min(8, (os.cpu_count() or 1) * 2)
+    with ThreadPoolExecutor(workers) as pool:
+        results = pool.map(lambda p: _decode(p, image_size, channels), paths, chunksize=64)
+        for i, (arr, err) in enumerate(tqdm(results, total=len(paths), desc=desc, disable=not progress,
+                                            unit="img", leave=False)):
+            if arr is None:
+                skipped.append((str(paths[i]), err))
+            else:
+                arrays.append(arr)
+                kept.append(i)
+    if arrays:
+        shapes = {a.shape for a in arrays}
+        if len(shapes) > 1:
+            raise UserError(f"images have different sizes {sorted(shapes)[:3]}; pass an image size to resize them")
+        return torch.from_numpy(np.stack(arrays)), kept, skipped
+    return None, kept, skipped
+
+
+def _warn_skipped(skipped, total):
+    if skipped:
+        eg = "; ".join(f"{Path(p).name} ({why})" for p, why in skipped[:3])
+        print(f"warning: skipped {len(skipped)} of {total} unreadable image file(s), e.g. {eg}. "
+              "Delete or re-download them to silence this.", file=sys.stderr)
+
+
+def _list_images(folder: Path) -> list:
+    files = [p for p in folder.rglob("*") if p.suffix.lower() in IMG_EXTS and p.is_file()]
+    return sorted(files, key=lambda p: str(p.relative_to(folder)))
+
+
+def _cached_decode(files, base: Path, image_size, channels, cache_dir, source, progress):
+    """Decode ``files`` once; reuse the cached tensor while files and transform are unchanged."""
+    stats = []
+    for p in files:
+        st = p.stat()
+        stats.append((str(p.relative_to(base)), st.st_size, st.st_mtime_ns))
+    key = sha256_json({"v": CACHE_VERSION, "base": str(base.resolve()), "files": stats,
+                       "image_size": image_size, "channels": channels})
+    cache = Path(cache_dir) / f"images-{source}-{image_size}px-{channels}ch-{key[:16]}.pt" if cache_dir else None
+    if cache is not None and cache.is_file():
+        try:
+            blob = torch.load(cache, weights_only=True)
+            if blob.get("key") == key:
+                return blob["images"], blob["names"], blob["skipped"], key
+        except Exception:
+            pass  # unreadable cache: rebuild it
+    images, kept, skipped = decode_files(files, image_size, channels, desc=f"decoding {source}", progress=progress)
+    names = [stats[i][0] for i in kept]
+    skipped = [[str(Path(p).relative_to(base)), why] for p, why in skipped]
+    if images is None:
+        eg = "; ".join(f"{p} ({why})" for p, why in skipped[:3])
+        raise UserError(f"none of the {len(files)} image files under {base} could be read (e.g. {eg})")
+    if cache is not None:
+        atomic_torch_save({"key": key, "images": images, "names": names, "skipped": skipped}, cache)
+    return images, names, skipped, key
+
+
+# ----------------------------------------------------------------------------- splits
+def seeded_split(n: int, seed: int = 0, val_frac: float = 0.1, test_frac: float = 0.1) -> dict:
+    perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
+    n_test, n_val = int(round(n * test_frac)), int(round(n * val_frac))
+    if n >= 3:
+        n_test, n_val = max(n_test, 1), max(n_val, 1)
+    return {"test": perm[:n_test].sort().values, "val": perm[n_test:n_test + n_val].sort().values,
+            "train": perm[n_test + n_val:].sort().values}
+
+
+def read_partition(path: Path) -> dict:
+    part = {}
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+                raise UserError(f"{path}:{lineno}: expected '<file> <0|1|2>', got {line.strip()!r}")
+            part[parts[0]] = int(parts[1])
+    return part
+
+
+# ----------------------------------------------------------------------------- sources
+def find_celeba(root: Path):
+    """Return (image folder, partition file or None) for the plain or torchvision CelebA layout."""
+    for base in (root, root / "celeba"):
+        if (base / "img_align_celeba").is_dir():
+            img_dir = base / "img_align_celeba"
+            # the official zip unpacks to img_align_celeba/img_align_celeba/
+            if (img_dir / "img_align_celeba").is_dir() and not any(img_dir.glob("*.jpg")):
+                img_dir = img_dir / "img_align_celeba"
+            part = base / "list_eval_partition.txt"
+            return img_dir, (part if part.is_file() else None)
+    raise UserError(f"no img_align_celeba/ folder under {root} (or {root / 'celeba'}); "
+                    "point --data-root at the folder that holds img_align_celeba/ and list_eval_partition.txt")
+
+
+def _load_celeba(root, image_size, channels, cache_dir, split_seed, progress):
+    img_dir, part_file = find_celeba(root)
+    files = _list_images(img_dir)
+    if not files:
+        raise UserError(f"{img_dir} holds no images (looked for {', '.join(sorted(IMG_EXTS))})")
+    images, names, skipped, key = _cached_decode(files, img_dir, image_size, channels, cache_dir, "celeba", progress)
+    _warn_skipped(skipped, len(files))
+    if part_file is None:
+        return ImageSet(images, names, seeded_split(len(names), split_seed), f"celeba:{img_dir}", key, skipped)
+    part = read_partition(part_file)
+    labels = torch.tensor([part.get(Path(n).name, -1) for n in names])
+    missing = int((labels < 0).sum())
+    if missing == len(names):
+        raise UserError(f"none of the {len(names)} images in {img_dir} is listed in {part_file}; "
+                        "remove or fix the partition file")
+    if missing:
+        print(f"warning: {missing} image(s) in {img_dir} are not in {part_file.name} and are ignored", file=sys.stderr)
+    splits = {s: torch.nonzero(labels == i).flatten() for i, s in enumerate(SPLITS)}
+    key = sha256_json([key, "partition", labels.tolist()])
+    return ImageSet(images, names, splits, f"celeba:{img_dir}", key, skipped)
+
+
+def _load_folder(folder, image_size, channels, cache_dir, split_seed, progress):
+    if not folder.is_dir():
+        raise UserError(f"image folder {folder} does not exist")
+    files = _list_images(folder)
+    if not files:
+        raise UserError(f"{folder} holds no images (looked recursively for {', '.join(sorted(IMG_EXTS))})")
+    images, names, skipped, key = _cached_decode(files, folder, image_size, channels, cache_dir, "folder", progress)
+    _warn_skipped(skipped, len(files))
+    return ImageSet(images, names, seeded_split(len(names), split_seed), f"folder:{folder}", key, skipped)
+
+
+def _load_digits(image_size, channels, split_seed):
+    from sklearn.datasets import load_digits
+
+    raw = load_digits().images  # (1797, 8, 8), values 0..16
+    arrs = [transform_pil(Image.fromarray(np.round(im * 255 / 16).astype(np.uint8), "L"), image_size, channels)
+            for im in raw]
+    images = torch.from_numpy(np.stack(arrs))
+    key = sha256_json({"v": CACHE_VERSION, "source": "sklearn-digits", "image_size": image_size, "channels": channels})
+    names = [f"digit-{i:04d}" for i in range(len(images))]
+    return ImageSet(images, names, seeded_split(len(images), split_seed), "digits", key)
+
+
+def load_images(data: str = "digits", root=None, image_size: int = 32, channels: int = 1,
+                cache_dir=DEFAULT_CACHE_DIR, split_seed: int = 0, progress: bool = True) -> ImageSet:
+    """Load a source (see module docstring) as an :class:`ImageSet`."""
+    if channels not in (1, 3):
+        raise UserError(f"--channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+    if data == "digits":
+        return _load_digits(image_size, channels, split_seed)
+    if data == "celeba":
+        if root is None:
+            raise UserError("--data celeba needs --data-root (the folder holding img_align_celeba/)")
+        root = Path(root).expanduser()
+        if not root.exists():
+            raise UserError(f"--data-root {root} does not exist")
+        return _load_celeba(root, image_size, channels, cache_dir, split_seed, progress)
+    if data.startswith("folder:") or data == "folder":
+        folder = Path(data[len("folder:"):] if data != "folder" else (root or "")).expanduser()
+        return _load_folder(folder, image_size, channels, cache_dir, split_seed, progress)
+    raise UserError(f"unknown --data {data!r}; use celeba, folder:PATH or digits")
+
+
+def load_native(path) -> torch.Tensor:
+    """Read a folder of images (e.g. generated samples) as-is: no resize, L stays 1 channel."""
+    folder = Path(path)
+    files = _list_images(folder)
+    if not files:
+        raise UserError(f"{folder} holds no images")
+    images, _, skipped = decode_files(files, None, None, desc=f"reading {folder.name}", progress=False)
+    _warn_skipped(skipped, len(files))
+    if images is None:
+        raise UserError(f"none of the images in {folder} could be read")
+    return images
+
+
+def save_npz(path, images: torch.Tensor) -> None:
+    """Save uint8 images (N, C, H, W) as .npz (key 'images'), atomically."""
+    import io
+
+    from utils import _atomic_write
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, images=images.numpy())
+    _atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
+
+
+def load_npz(path) -> torch.Tensor:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            key = "images" if "images" in z.files else z.files[0]
+            arr = z[key]
+    except Exception as e:
+        raise UserError(f"cannot read {path} as .npz of images ({type(e).__name__}: {e})") from None
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    if arr.ndim != 4:
+        raise UserError(f"{path}: expected images of shape (N, C, H, W) or (N, H, W, C), got {arr.shape}")
+    if arr.shape[1] not in (1, 3) and arr.shape[-1] in (1, 3):
+        arr = arr.transpose(0, 3, 1, 2)  # NHWC -> NCHW
+    if arr.dtype != np.uint8:
+        if np.issubdtype(arr.dtype, np.floating) and arr.min() >= -1.0001 and arr.max() <= 1.0001 and arr.min() < 0:
+            return to_uint8(torch.from_numpy(arr.astype(np.float32)))
+        raise UserError(f"{path}: images must be uint8 [0,255] or float in [-1,1], got {arr.dtype} "
+                        f"in [{arr.min()}, {arr.max()}]")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+warnings.filterwarnings("ignore", message=".*Palette images with Transparency.*")

@@ -1,0 +1,183 @@
+"""Score generated images: FID (vs train and held-out), MiFID, KID, precision/recall, memorization.
+
+  python evaluate_mifid.py --gen outputs/RUN --real celeba --data-root ~/data/celeba
+
+--gen is a folder of images, an .npz of uint8 images, a generator checkpoint (generator.pt / ckpt.pt), or a run
+folder (its samples.npz, else its generator.pt). --real is celeba, folder:PATH or digits (decoded with the SAME
+transform as the generated images: their size and channel count), or a feature file written by --save-stats.
+The memorization reference of MiFID is the TRAIN split; the held-out FID uses --heldout-split.
+Writes eval.json, nn_gallery.png and memorization_hist.png to --out. See metrics.py for exact definitions.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import data as data_mod
+import metrics
+from utils import UserError, pick_device, run_cli, write_json
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="evaluate_mifid.py", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, epilog=__doc__)
+    p.add_argument("--gen", required=True, help="image folder, .npz, generator checkpoint, or run folder")
+    p.add_argument("--real", default="celeba", help="celeba | folder:PATH | digits | FEATURES.npz (--save-stats)")
+    p.add_argument("--data-root", default=None, help="CelebA root for --real celeba")
+    p.add_argument("--image-size", type=int, default=None, help="real-image size (default: the generated size)")
+    p.add_argument("--channels", type=int, default=None, choices=[1, 3], help="default: the generated channels")
+    p.add_argument("--split-seed", type=int, default=0, help="as in training, for sources without partition file")
+    p.add_argument("--heldout-split", default="test", choices=["val", "test"])
+    p.add_argument("--num-samples", type=int, default=10000, help="images to generate from a checkpoint")
+    p.add_argument("--max-real", type=int, default=None, help="use at most this many train and held-out images each (seeded subsets)")
+    p.add_argument("--inception-weights", default=None, help="FID Inception weights (else $INCEPTION_WEIGHTS, "
+                   "torch hub cache, or download)")
+    p.add_argument("--strict-weights", action="store_true", help="fail unless the weights are the official file")
+    p.add_argument("--mifid-eps", type=float, default=0.1, help="memorization threshold of MiFID")
+    p.add_argument("--pr-k", type=int, default=3, help="k of the precision/recall k-NN radii")
+    p.add_argument("--kid-subset-size", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=64, help="Inception batch size")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cache-dir", default=data_mod.DEFAULT_CACHE_DIR, help="decoded-image and feature cache")
+    p.add_argument("--save-stats", default=None, metavar="PATH.npz",
+                   help="also save the real train/held-out features to PATH.npz (reusable as --real)")
+    p.add_argument("--out", default=None, help="output folder (default: <run>/eval or outputs/eval)")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def load_gen(spec: str, num_samples: int, device) -> tuple[torch.Tensor, str]:
+    p = Path(spec)
+    if p.is_dir() and (p / "samples.npz").is_file():
+        return data_mod.load_npz(p / "samples.npz"), f"{p / 'samples.npz'}"
+    if p.is_dir() and (p / "generator.pt").is_file():
+        p = p / "generator.pt"
+    if p.is_dir():
+        return data_mod.load_native(p), f"folder {p}"
+    if not p.exists():
+        raise UserError(f"--gen {spec} does not exist")
+    if p.suffix == ".npz":
+        return data_mod.load_npz(p), str(p)
+    if p.suffix in (".pt", ".pth"):
+        from train_dcgan import generate, load_generator
+
+        G, cfg = load_generator(p, device)
+        print(f"generating {num_samples} images from {p}")
+        return generate(G, num_samples, cfg["nz"], device), f"{num_samples} samples of {p}"
+    raise UserError(f"--gen {spec}: expected a folder, .npz, or generator .pt")
+
+
+def subset(idx: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
+    """At most n of the indices, a seeded random subset in sorted order (all of them when n is None)."""
+    if not n or len(idx) <= n:
+        return idx
+    return idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))[:n].sort().values]
+
+
+def load_real_features(args, extractor, size, channels):
+    """(train features, held-out features or None, train uint8 images or None, description)."""
+    if args.real.endswith(".npz") and Path(args.real).is_file():
+        with np.load(args.real, allow_pickle=False) as z:
+            if "train" not in z.files:
+                raise UserError(f"{args.real} has no 'train' features; write it with --save-stats")
+            if str(z["weights_sha256"]) != extractor.sha256:
+                raise UserError(f"{args.real} was computed with other Inception weights; recompute it")
+            return z["train"], (z["heldout"] if "heldout" in z.files else None), None, f"features {args.real}"
+    imgs = data_mod.load_images(args.real, args.data_root, size, channels, args.cache_dir or None, args.split_seed)
+    train_idx = subset(imgs.splits["train"], args.max_real, args.seed)
+    from utils import sha256_json
+
+    train_key = {"set": imgs.key, "split": "train", "idx": sha256_json(train_idx.tolist()), "size": size, "ch": channels}
+    train_u8 = imgs.images[train_idx]
+    train_f = metrics.cached_features(extractor, lambda: train_u8, train_key, args.cache_dir,
+                                      desc=f"train features ({len(train_u8)})")
+    held = imgs.splits.get(args.heldout_split)
+    held = None if held is None else subset(held, args.max_real, args.seed)
+    held_f = None
+    if held is not None and len(held) > 1:
+        held_key = {"set": imgs.key, "split": args.heldout_split, "idx": sha256_json(held.tolist()),
+                    "size": size, "ch": channels}
+        held_f = metrics.cached_features(extractor, lambda: imgs.images[held], held_key, args.cache_dir,
+                                         desc=f"{args.heldout_split} features ({len(held)})")
+    return train_f, held_f, train_u8, f"{imgs.source} (train {len(train_u8)}, {args.heldout_split} " \
+                                      f"{0 if held is None else len(held)})"
+
+
+def evaluate(args) -> dict:
+    t0 = time.time()
+    device = pick_device(args.device)
+    gen_u8, gen_desc = load_gen(args.gen, args.num_samples, device)
+    if len(gen_u8) < 2:
+        raise UserError(f"need at least 2 generated images, got {len(gen_u8)}")
+    size = args.image_size or gen_u8.shape[-1]
+    channels = args.channels or gen_u8.shape[1]
+    extractor = metrics.InceptionFeatures(args.inception_weights, device, args.batch_size, args.strict_weights)
+    train_f, held_f, train_u8, real_desc = load_real_features(args, extractor, size, channels)
+    gen_f = extractor(gen_u8, desc=f"generated features ({len(gen_u8)})")
+    if args.save_stats:
+        np.savez(args.save_stats, train=train_f, **({"heldout": held_f} if held_f is not None else {}),
+                 weights_sha256=extractor.sha256)
+        print(f"saved real features to {args.save_stats}")
+    metrics.warn_small(len(gen_f), "the generated set")
+    metrics.warn_small(len(train_f), "the train set")
+
+    fid_train = metrics.fid(gen_f, train_f)
+    fid_held = metrics.fid(gen_f, held_f) if held_f is not None else None
+    dists, nn_idx = metrics.nearest_cosine(gen_f, train_f, device=device, progress=True)
+    mi = metrics.mifid(fid_train, gen_f, train_f, args.mifid_eps, "kaggle", device)
+    mi_tm = metrics.mifid(fid_train, gen_f, train_f, args.mifid_eps, "torchmetrics", device)
+    kid_m, kid_s = metrics.kid(train_f, gen_f, subset_size=args.kid_subset_size, seed=args.seed)
+    prec, rec = metrics.precision_recall(train_f, gen_f, k=args.pr_k)
+    res = {
+        "gen": gen_desc, "real": real_desc, "n_gen": len(gen_f), "n_train": len(train_f),
+        "n_heldout": None if held_f is None else len(held_f), "image_size": size, "channels": channels,
+        "fid_train": fid_train, "fid_heldout": fid_held,
+        "fid_gap": None if fid_held is None else fid_held - fid_train,
+        "mifid": mi["mifid"], "memorization_d": mi["d"], "mifid_eps": args.mifid_eps,
+        "mifid_torchmetrics_direction": mi_tm["mifid"], "memorization_d_torchmetrics_direction": mi_tm["d"],
+        "kid_mean": kid_m, "kid_std": kid_s, "precision": prec, "recall": rec, "pr_k": args.pr_k,
+        "nearest_distance_quantiles": {q: float(np.quantile(dists, float(q))) for q in ("0.001", "0.01", "0.1", "0.5")},
+        "fraction_below_eps": float((dists < args.mifid_eps).mean()),
+        "inception": extractor.identity, "wall_s": round(time.time() - t0, 1),
+    }
+    out = Path(args.out) if args.out else (Path(args.gen) / "eval" if Path(args.gen).is_dir() and
+                                           (Path(args.gen) / "config.json").exists() else Path("outputs/eval"))
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "nearest_distances.npy", dists)
+    write_json(out / "eval.json", res)
+    metrics.distance_histogram({"generated": dists}, out / "memorization_hist.png", args.mifid_eps)
+    if train_u8 is not None:
+        metrics.nn_gallery(gen_u8, train_u8, dists, nn_idx, out / "nn_gallery.png")
+    print_table(res)
+    print(f"wrote {out / 'eval.json'}, memorization_hist.png" + (", nn_gallery.png" if train_u8 is not None else ""))
+    return res
+
+
+def print_table(r: dict) -> None:
+    def f(v, fmt=".3f"):
+        return "n/a" if v is None else format(v, fmt)
+
+    rows = [("generated images", r["n_gen"]), ("train images (memorization ref.)", r["n_train"]),
+            ("held-out images", r["n_heldout"]), ("FID vs train", f(r["fid_train"])),
+            ("FID vs held-out", f(r["fid_heldout"])), ("MiFID (Kaggle)", f(r["mifid"])),
+            ("memorization d (gen -> nearest train)", f(r["memorization_d"], ".4f")),
+            ("d, torchmetrics direction (train -> gen)", f(r["memorization_d_torchmetrics_direction"], ".4f")),
+            ("KID x 1e3", f"{r['kid_mean'] * 1e3:.3f} ± {r['kid_std'] * 1e3:.3f}"),
+            (f"precision / recall (k={r['pr_k']})", f"{f(r['precision'])} / {f(r['recall'])}"),
+            (f"fraction of generated with d < {r['mifid_eps']}", f(r["fraction_below_eps"], ".4f"))]
+    w = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"  {k:<{w}}  {v}")
+
+
+def main(argv=None):
+    return run_cli(lambda a: evaluate(build_parser().parse_args(a)), argv)
+
+
+if __name__ == "__main__":
+    main()

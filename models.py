@@ -1,0 +1,81 @@
+"""DCGAN generator and discriminator with GroupNorm (no BatchNorm anywhere).
+
+BatchNorm mixes statistics across the batch, so a sample's gradient depends on the other samples and
+per-sample clipping (DP-SGD) is meaningless; GroupNorm normalises each sample on its own. Both models
+pass ``opacus.validators.ModuleValidator.validate(strict=True)``.
+
+Architecture (Radford et al., 2016) for ``image_size`` in {32, 64}: the generator maps z ~ N(0, I) of
+shape (nz, 1, 1) through stride-2 transposed convolutions from 4x4 up to image_size; the discriminator
+mirrors it with stride-2 convolutions and LeakyReLU(0.2) down to 4x4 and a final 4x4 convolution that
+returns one *logit* per image (train with BCEWithLogitsLoss, which is numerically stabler than
+Sigmoid + BCELoss). Weights are initialised N(0, 0.02), norm scales N(1, 0.02).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+SUPPORTED_SIZES = (32, 64)
+
+
+def _norm(ch: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(ch, 32), ch)
+
+
+def _n_blocks(image_size: int) -> int:
+    if image_size not in SUPPORTED_SIZES:
+        raise ValueError(f"image_size must be one of {SUPPORTED_SIZES}, got {image_size}")
+    return int(math.log2(image_size)) - 2  # 32 -> 3 upsamplings from 4x4, 64 -> 4
+
+
+class Generator(nn.Module):
+    def __init__(self, nz: int = 100, ngf: int = 64, channels: int = 1, image_size: int = 32):
+        super().__init__()
+        n = _n_blocks(image_size)
+        self.nz, self.image_size, self.channels = nz, image_size, channels
+        ch = ngf * 2 ** (n - 1)
+        layers = [nn.ConvTranspose2d(nz, ch, 4, 1, 0, bias=False), _norm(ch), nn.ReLU(True)]
+        for _ in range(n - 1):
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), _norm(ch // 2), nn.ReLU(True)]
+            ch //= 2
+        layers += [nn.ConvTranspose2d(ch, channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.dim() == 2:
+            z = z[:, :, None, None]
+        return self.main(z)
+
+
+class Discriminator(nn.Module):
+    def __init__(self, ndf: int = 64, channels: int = 1, image_size: int = 32):
+        super().__init__()
+        n = _n_blocks(image_size)
+        layers = [nn.Conv2d(channels, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=False)]
+        ch = ndf
+        for _ in range(n - 1):
+            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), _norm(ch * 2), nn.LeakyReLU(0.2, inplace=False)]
+            ch *= 2
+        layers += [nn.Conv2d(ch, 1, 4, 1, 0, bias=False)]
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x).flatten(1).squeeze(1)  # (N,) logits
+
+
+def init_weights(m: nn.Module) -> None:
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+    elif isinstance(m, nn.GroupNorm):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+def build_models(nz=100, ngf=64, ndf=64, channels=1, image_size=32):
+    g = Generator(nz, ngf, channels, image_size)
+    d = Discriminator(ndf, channels, image_size)
+    g.apply(init_weights)
+    d.apply(init_weights)
+    return g, d

@@ -1,0 +1,160 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import data
+from utils import UserError
+
+
+def _img(path, mode="RGB", size=(40, 50), value=None):
+    rng = np.random.default_rng(abs(hash(str(path))) % 2**32)
+    if mode == "I;16":
+        arr = rng.integers(0, 65535, size[::-1], dtype=np.uint16) if value is None else np.full(size[::-1], value, np.uint16)
+        Image.fromarray(arr).save(path)
+        return
+    shape = size[::-1] + ((len(mode),) if mode in ("RGB", "RGBA") else ())
+    arr = rng.integers(0, 255, shape, dtype=np.uint8)
+    img = Image.fromarray(arr, "RGBA" if mode == "RGBA" else ("RGB" if mode == "RGB" else "L"))
+    if mode == "P":
+        img = img.convert("RGB").convert("P")
+    img.save(path)
+
+
+def test_folder_with_bad_files(tmp_path, capsys):
+    root = tmp_path / "imgs"
+    (root / "sub").mkdir(parents=True)
+    _img(root / "a.jpg")
+    _img(root / "sub" / "b.png", "RGBA")
+    _img(root / "c.png", "P")
+    _img(root / "d.png", "I;16", value=65535)
+    _img(root / "e.webp")
+    (root / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    good = root / "trunc.jpg"
+    _img(good)
+    good.write_bytes(good.read_bytes()[:200])  # truncated JPEG
+    (root / "notes.txt").write_text("not an image")
+    s = data.load_images(f"folder:{root}", image_size=32, channels=1, cache_dir=tmp_path / "cache")
+    assert s.images.dtype == torch.uint8 and s.images.shape == (5, 1, 32, 32)
+    assert sorted(s.names) == ["a.jpg", "c.png", "d.png", "e.webp", "sub/b.png"]
+    assert sorted(p for p, _ in s.skipped) == ["corrupt.jpg", "trunc.jpg"]
+    err = capsys.readouterr().err
+    assert "skipped 2 of 7" in err and "corrupt.jpg" in err
+    # 16-bit white is scaled (65535 / 257 = 255), not clipped garbage
+    assert int(s.images[s.names.index("d.png")].min()) == 255
+    # splits are disjoint and cover everything
+    allidx = torch.cat([s.splits[k] for k in data.SPLITS]).sort().values
+    assert torch.equal(allidx, torch.arange(5))
+    rgb = data.load_images(f"folder:{root}", image_size=32, channels=3, cache_dir=None)
+    assert rgb.images.shape == (5, 3, 32, 32)
+
+
+def test_transform_resize_crop():
+    img = Image.new("L", (40, 80))
+    img.paste(255, (0, 20, 40, 60))  # white centre band, black top and bottom
+    arr = data.transform_pil(img, 16, 1)
+    # shorter side -> 16 (40x80 -> 16x32), centre crop keeps the band (edge rows blurred by antialiasing)
+    assert arr.shape == (1, 16, 16) and arr[0, 1:-1].min() == 255 and arr[0, 0].max() < 255
+
+
+@pytest.mark.parametrize("spec,msg", [("folder:/nonexistent/x", "does not exist"), ("bogus", "unknown --data")])
+def test_bad_sources(spec, msg):
+    with pytest.raises(UserError, match=msg):
+        data.load_images(spec)
+
+
+def test_empty_and_unreadable_folders(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="holds no images"):
+        data.load_images(f"folder:{tmp_path / 'empty'}", cache_dir=None)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.jpg").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="could be read"):
+        data.load_images(f"folder:{bad}", cache_dir=None)
+    with pytest.raises(UserError, match="--data-root"):
+        data.load_images("celeba", root=tmp_path / "missing")
+    with pytest.raises(UserError, match="img_align_celeba"):
+        data.load_images("celeba", root=tmp_path)
+
+
+def _fake_celeba(root, names, partition):
+    d = root / "img_align_celeba"
+    d.mkdir(parents=True)
+    for n in names:
+        _img(d / n, size=(45, 55))
+    (root / "list_eval_partition.txt").write_text("".join(f"{n} {s}\n" for n, s in partition.items()))
+
+
+def test_celeba_partial_copy(tmp_path, capsys):
+    part = {f"{i:06d}.jpg": (0 if i <= 6 else 1 if i <= 8 else 2) for i in range(1, 11)}
+    on_disk = ["000001.jpg", "000002.jpg", "000005.jpg", "000007.jpg", "000009.jpg", "000010.jpg", "999999.jpg"]
+    _fake_celeba(tmp_path, on_disk, part)
+    s = data.load_images("celeba", tmp_path, image_size=32, cache_dir=None)
+    names = lambda k: sorted(s.names[i] for i in s.splits[k])  # noqa: E731
+    assert names("train") == ["000001.jpg", "000002.jpg", "000005.jpg"]
+    assert names("val") == ["000007.jpg"]
+    assert names("test") == ["000009.jpg", "000010.jpg"]
+    assert "999999.jpg" not in sum((names(k) for k in data.SPLITS), [])
+    assert "not in list_eval_partition.txt" in capsys.readouterr().err
+
+
+def test_torchvision_layout_and_no_partition(tmp_path):
+    d = tmp_path / "celeba" / "img_align_celeba"
+    d.mkdir(parents=True)
+    for i in range(10):
+        _img(d / f"{i:06d}.jpg")
+    s = data.load_images("celeba", tmp_path, image_size=32, cache_dir=None)
+    assert len(s) == 10 and [len(s.splits[k]) for k in data.SPLITS] == [8, 1, 1]
+    s2 = data.load_images("celeba", tmp_path, image_size=32, cache_dir=None)
+    assert all(torch.equal(s.splits[k], s2.splits[k]) for k in data.SPLITS)  # seeded, deterministic
+
+
+def test_cache_reuse_and_invalidation(tmp_path, monkeypatch):
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i in range(4):
+        _img(root / f"{i}.png")
+    cache = tmp_path / "cache"
+    first = data.load_images(f"folder:{root}", cache_dir=cache)
+    assert len(list(cache.glob("images-*.pt"))) == 1
+
+    def boom(*a, **k):
+        raise AssertionError("decoded again although the cache is valid")
+
+    monkeypatch.setattr(data, "decode_files", boom)
+    again = data.load_images(f"folder:{root}", cache_dir=cache)
+    assert torch.equal(first.images, again.images) and first.key == again.key
+    monkeypatch.undo()
+    _img(root / "0.png", size=(41, 50))  # content (size) changes -> rebuild
+    os.utime(root / "0.png", ns=(1, 1))
+    changed = data.load_images(f"folder:{root}", cache_dir=cache)
+    assert changed.key != first.key and not torch.equal(changed.images[0], first.images[0])
+    other = data.load_images(f"folder:{root}", image_size=64, cache_dir=cache)  # other transform -> other entry
+    assert other.images.shape[-1] == 64 and len(list(cache.glob("images-*.pt"))) == 3
+
+
+def test_digits_offline():
+    s = data.load_images("digits", image_size=32, channels=3)
+    assert s.images.shape == (1797, 3, 32, 32) and s.images.dtype == torch.uint8
+    assert [len(s.splits[k]) for k in data.SPLITS] == [1437, 180, 180]
+    x = data.to_float(s.images[:4])
+    assert x.min() >= -1 and x.max() <= 1 and torch.equal(data.to_uint8(x), s.images[:4])
+
+
+def test_npz_roundtrip(tmp_path):
+    x = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    data.save_npz(tmp_path / "s.npz", x)
+    assert torch.equal(data.load_npz(tmp_path / "s.npz"), x)
+    np.savez(tmp_path / "f.npz", images=np.random.rand(2, 8, 8, 3).astype(np.float32))  # [0,1] floats: ambiguous
+    with pytest.raises(UserError, match="uint8"):
+        data.load_npz(tmp_path / "f.npz")
+
+
+def test_real_celeba_subset(celeba_root, tmp_path):
+    s = data.load_images("celeba", celeba_root, image_size=32, channels=1, cache_dir=tmp_path)
+    assert [len(s.splits[k]) for k in data.SPLITS] == [4560, 780, 659]
+    assert s.images.shape == (5999, 1, 32, 32)
+    assert 60 < s.images.float().mean() < 200  # real faces, not blank

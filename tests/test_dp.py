@@ -1,0 +1,214 @@
+import copy
+import json
+import types
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import train_dcgan
+import train_dcgan_dp
+from conftest import tiny_args
+from models import build_models
+
+BCE = torch.nn.BCEWithLogitsLoss()
+
+
+def _privacy(**kw):
+    a = dict(epsilon=None, noise_multiplier=0.0, delta=1e-5, max_grad_norm=0.05, accountant="rdp", poisson=True,
+             secure_rng=False, grad_sample_mode="hooks", max_physical_batch_size=None)
+    a.update(kw)
+    return train_dcgan_dp.DPPrivacy(types.SimpleNamespace(**a))
+
+
+def _setup(n_pairs=5, **kw):
+    torch.manual_seed(0)
+    G, D = build_models(nz=8, ngf=8, ndf=8)
+    real = torch.rand(n_pairs, 1, 32, 32) * 2 - 1
+    fake = G(torch.randn(n_pairs, 8)).detach()
+    pv = _privacy(**kw)
+    Dc = copy.deepcopy(D)
+    Dp, opt = pv.make_private(Dc, torch.optim.SGD(Dc.parameters(), lr=0.1), n_train=10 * n_pairs,
+                              batch_size=n_pairs, steps_per_epoch=10, total_steps=10)
+    return D, Dp, opt, pv, real, fake
+
+
+def _reference_clipped_sum(D, real, fake, C):
+    """Independent reference: per-PAIR gradients by plain autograd, each clipped to C, summed."""
+    params = list(D.parameters())
+    total, norms = None, []
+    for i in range(len(real)):
+        out_r, out_f = D(real[i:i + 1]), D(fake[i:i + 1])
+        loss = BCE(out_r, torch.ones(1)) + BCE(out_f, torch.zeros(1))
+        g = torch.autograd.grad(loss, params)
+        n = torch.sqrt(sum((x ** 2).sum() for x in g)).item()
+        norms.append(n)
+        f = min(1.0, C / (n + 1e-6))
+        total = [x * f for x in g] if total is None else [t + x * f for t, x in zip(total, g)]
+    return total, norms
+
+
+@pytest.mark.parametrize("mode", train_dcgan_dp.GRAD_SAMPLE_MODES)
+def test_per_pair_clipping_matches_reference(mode):
+    C = 0.05
+    D, Dp, opt, _, real, fake = _setup(max_grad_norm=C, grad_sample_mode=mode)
+    ref, norms = _reference_clipped_sum(copy.deepcopy(D), real, fake, C)
+    assert min(norms) > 10 * C  # clipping is active for every pair
+    opt.zero_grad()
+    train_dcgan.d_forward_backward(Dp, real, fake, BCE)
+    opt.clip_and_accumulate()
+    for p, r in zip(opt.params, ref):
+        assert torch.allclose(p.summed_grad, r, atol=1e-6)
+    # each unit contributes at most C: the clipped sum of 5 pairs has norm <= 5 C
+    assert torch.sqrt(sum((p.summed_grad ** 2).sum() for p in opt.params)) <= 5 * C + 1e-5
+
+
+def test_two_backward_passes_would_break_the_unit():
+    """Negative control: separate real/fake backward passes (the Opacus DCGAN example) clip per image."""
+    D, Dp, opt, _, real, fake = _setup(max_grad_norm=0.05)
+    opt.zero_grad()
+    # with Poisson sampling Opacus rejects the second backward (it would clip real and fake separately)
+    BCE(Dp(real), torch.ones(5)).backward()
+    with pytest.raises(ValueError, match="Poisson sampling is not compatible"):
+        BCE(Dp(fake), torch.zeros(5)).backward()
+
+
+def test_physical_batches_equal_logical_batch():
+    D, Dp, opt, _, real, fake = _setup(n_pairs=6, max_grad_norm=0.05)
+    opt.zero_grad()
+    train_dcgan.d_forward_backward(Dp, real, fake, BCE)
+    opt.pre_step()
+    ref = [p.grad.clone() for p in opt.params]
+    pv2 = _privacy(max_grad_norm=0.05, max_physical_batch_size=4)
+    D2 = copy.deepcopy(D)
+    Dp2, opt2 = pv2.make_private(D2, torch.optim.SGD(D2.parameters(), lr=0.1), n_train=60, batch_size=6,
+                                 steps_per_epoch=10, total_steps=10)
+    pv2.d_step(Dp2, opt2, real, fake, BCE)  # chunks of 4 + 2 pairs, ONE noisy step
+    for p0, p2, g in zip(D.parameters(), Dp2._module.parameters(), ref):  # SGD lr 0.1: grad = (p0 - p1) / 0.1
+        assert torch.allclose((p0 - p2) / 0.1, g, atol=1e-5)
+    assert pv2.engine.accountant.history == [(0.0, 0.1, 1)]
+
+
+def test_noise_has_the_right_scale():
+    sigma, C, B = 1.3, 0.7, 10
+    torch.manual_seed(0)
+    _, D = build_models(ndf=16)
+    pv = _privacy(noise_multiplier=sigma, max_grad_norm=C)
+    Dp, opt = pv.make_private(D, torch.optim.SGD(D.parameters(), lr=0.1), n_train=100, batch_size=B,
+                              steps_per_epoch=10, total_steps=10)
+    opt.zero_grad()
+    (0.0 * Dp(torch.randn(B, 1, 32, 32)).sum()).backward()  # zero gradients: p.grad is pure noise
+    opt.pre_step()
+    g = torch.cat([p.grad.flatten() for p in opt.params])
+    expected = sigma * C / opt.expected_batch_size
+    assert g.numel() > 20000
+    assert abs(g.std().item() / expected - 1) < 0.03 and abs(g.mean().item()) < 0.05 * expected
+
+
+def test_empty_batch_still_noisy_and_counted():
+    torch.manual_seed(0)
+    _, D = build_models(ndf=8)
+    pv = _privacy(noise_multiplier=1.0, max_grad_norm=1.0)
+    Dp, opt = pv.make_private(D, torch.optim.SGD(D.parameters(), lr=1.0), n_train=100, batch_size=10,
+                              steps_per_epoch=10, total_steps=10)
+    before = [p.clone() for p in Dp.parameters()]
+    opt.zero_grad()
+    pv.empty_batch(Dp)
+    opt.step()
+    assert all(not torch.equal(a, b) for a, b in zip(before, Dp.parameters()))
+    assert pv.engine.accountant.history[-1][2] == 1
+
+
+def _dp_accounting_eps(sigma, q, steps, delta, kind):
+    import dp_accounting
+    from dp_accounting import pld, rdp
+
+    event = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+    acc = (rdp.RdpAccountant() if kind == "rdp"
+           else pld.PLDAccountant(value_discretization_interval=1e-4))
+    return acc.compose(event).get_epsilon(delta)
+
+
+@pytest.mark.parametrize("accountant,rtol", [("rdp", 0.05), ("prv", 0.02)])
+def test_reported_epsilon_matches_independent_accountant(tmp_path, accountant, rtol):
+    pytest.importorskip("dp_accounting")
+    args = train_dcgan_dp.parse_args(tiny_args(tmp_path, "--max-steps", "6", "--noise-multiplier", "1.1",
+                                               "--accountant", accountant, "--delta", "1e-5"))
+    res = train_dcgan.train(args, train_dcgan_dp.DPPrivacy(args))
+    assert res["dp_steps"] == 6 and res["noise_multiplier"] == 1.1
+    ref = _dp_accounting_eps(1.1, res["sample_rate"], 6, 1e-5, accountant)
+    assert res["epsilon"] == pytest.approx(ref, rel=rtol)
+    assert res["epsilon_prv"] <= res["epsilon_rdp"]  # PRV is the tighter accountant
+    log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["epsilon"] == pytest.approx(res["epsilon"])
+
+
+def test_target_epsilon_is_met():
+    pytest.importorskip("dp_accounting")
+    from opacus.accountants.utils import get_noise_multiplier
+
+    sigma = get_noise_multiplier(target_epsilon=2.0, target_delta=1e-6, sample_rate=0.01, steps=500, accountant="rdp")
+    assert _dp_accounting_eps(sigma, 0.01, 500, 1e-6, "rdp") <= 2.0 * 1.02
+
+
+def _dp_run(path, *extra):
+    argv = tiny_args(path, "--noise-multiplier", "1.0", *extra)
+    args = train_dcgan_dp.parse_args(argv)
+    return train_dcgan.train(args, train_dcgan_dp.DPPrivacy(args))
+
+
+def test_resume_keeps_the_ledger_and_weights(tmp_path):
+    full = _dp_run(tmp_path / "full", "--max-steps", "4")
+    _dp_run(tmp_path / "split", "--max-steps", "2")
+    split = _dp_run(tmp_path / "split", "--max-steps", "4", "--resume")
+    assert split["dp_steps"] == 4 and split["epsilon"] == pytest.approx(full["epsilon"], rel=1e-9)
+    a = torch.load(tmp_path / "full" / "ckpt.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "ckpt.pt", weights_only=True)
+    assert all(torch.equal(a["D"][k], b["D"][k]) for k in a["D"])
+    assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"])
+    again = _dp_run(tmp_path / "again", "--max-steps", "4")  # same seed -> same epsilon and weights
+    c = torch.load(tmp_path / "again" / "ckpt.pt", weights_only=True)
+    assert again["epsilon"] == full["epsilon"] and all(torch.equal(a["D"][k], c["D"][k]) for k in a["D"])
+
+
+def test_resume_refuses_to_exceed_target(tmp_path, capsys):
+    argv = tiny_args(tmp_path, "--epsilon", "5", "--max-steps", "2")
+    train_dcgan_dp.main(argv)
+    with pytest.raises(SystemExit) as e:
+        train_dcgan_dp.main(tiny_args(tmp_path, "--epsilon", "5", "--max-steps", "6", "--resume"))
+    assert e.value.code == 2 and "refusing to train" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--epsilon", "0"], "--epsilon must be > 0"),
+    (["--epsilon", "-1"], "--epsilon must be > 0"),
+    (["--delta", "1.5"], "--delta must be in (0, 1)"),
+    (["--delta", "0"], "--delta must be in (0, 1)"),
+    (["--max-grad-norm", "0"], "--max-grad-norm must be > 0"),
+    (["--epsilon", "1", "--noise-multiplier", "1"], "exactly one"),
+    (["--epsilon", "1e-9", "--epochs", "50"], "unreachable"),
+    (["--secure-rng"], "torchcsprng"),
+])
+def test_bad_dp_input(tmp_path, capsys, extra, msg):
+    pytest.importorskip("opacus")
+    try:
+        import torchcsprng  # noqa: F401
+        if "--secure-rng" in extra:
+            pytest.skip("torchcsprng is installed")
+    except ImportError:
+        pass
+    with pytest.raises(SystemExit) as e:
+        train_dcgan_dp.main(tiny_args(tmp_path, *extra))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and msg in err[-1] and not any("Traceback" in x for x in err)
+
+
+def test_delta_warning(tmp_path):
+    with pytest.warns(UserWarning, match="delta"):
+        _dp_run(tmp_path, "--max-steps", "1", "--delta", "0.01")
+
+
+def test_default_epsilon_is_8():
+    assert train_dcgan_dp.parse_args([]).epsilon == 8.0
