@@ -11,7 +11,7 @@ Writes eval.json, nn_gallery.png and memorization_hist.png to --out. See metrics
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 import time
 from pathlib import Path
 
@@ -28,7 +28,8 @@ def build_parser():
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter, epilog=__doc__)
     p.add_argument("--gen", required=True, help="image folder, .npz, generator checkpoint, or run folder")
     p.add_argument("--real", default="celeba", help="celeba | folder:PATH | digits | FEATURES.npz (--save-stats)")
-    p.add_argument("--data-root", default=None, help="CelebA root for --real celeba")
+    p.add_argument("--data-root", default=os.environ.get("CELEBA_ROOT"), help="CelebA root for --real celeba "
+                   "(default $CELEBA_ROOT)")
     p.add_argument("--image-size", type=int, default=None, help="real-image size (default: the generated size)")
     p.add_argument("--channels", type=int, default=None, choices=[1, 3], help="default: the generated channels")
     p.add_argument("--split-seed", type=int, default=0, help="as in training, for sources without partition file")

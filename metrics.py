@@ -21,7 +21,6 @@ Definitions (N_g generated features g_i, N_t training features t_j, cos = cosine
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 import warnings

@@ -20,7 +20,7 @@ import argparse
 import contextlib
 import json
 import math
-import sys
+import os
 import time
 import warnings
 from pathlib import Path
@@ -43,7 +43,8 @@ def build_parser(prog="train_dcgan.py", description=None, default_lr=2e-4) -> ar
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--data", default="digits", help="celeba | folder:PATH | digits (offline, bundled)")
-    g.add_argument("--data-root", default=None, help="CelebA root (holds img_align_celeba/, list_eval_partition.txt)")
+    g.add_argument("--data-root", default=os.environ.get("CELEBA_ROOT"),
+                   help="CelebA root (holds img_align_celeba/, list_eval_partition.txt); default $CELEBA_ROOT")
     g.add_argument("--image-size", type=int, default=32, choices=[32, 64])
     g.add_argument("--channels", type=int, default=1, choices=[1, 3], help="1 = grayscale, 3 = RGB")
     g.add_argument("--split-seed", type=int, default=0, help="seed of the 80/10/10 split when no partition file")

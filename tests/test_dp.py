@@ -1,9 +1,7 @@
 import copy
 import json
 import types
-import warnings
 
-import numpy as np
 import pytest
 import torch
 
