@@ -4,7 +4,9 @@ Sources (``--data``):
   celeba          ROOT/img_align_celeba/*.jpg (+ optional ROOT/list_eval_partition.txt); torchvision's
                   ROOT/celeba/... layout works too. Partial copies are fine: partition rows naming
                   absent files are ignored; files on disk missing from the partition file are skipped
-                  with a warning. Without a partition file the split is seeded (80/10/10).
+                  with a warning. Without a partition file, or with ``random_split`` (--random-split), the
+                  split is a seeded 80/10/10 split over images. The official split is identity-disjoint;
+                  membership audits need the random one (members and non-members exchangeable).
   folder:PATH     any folder of images (recursive; jpg/jpeg/png/webp/bmp), seeded 80/10/10 split.
   digits          scikit-learn's bundled 8x8 digits (1,797 images) upscaled; offline default.
 
@@ -213,14 +215,14 @@ def find_celeba(root: Path):
                     "point --data-root at the folder that holds img_align_celeba/ and list_eval_partition.txt")
 
 
-def _load_celeba(root, image_size, channels, cache_dir, split_seed, progress):
+def _load_celeba(root, image_size, channels, cache_dir, split_seed, progress, random_split=False):
     img_dir, part_file = find_celeba(root)
     files = _list_images(img_dir)
     if not files:
         raise UserError(f"{img_dir} holds no images (looked for {', '.join(sorted(IMG_EXTS))})")
     images, names, skipped, key = _cached_decode(files, img_dir, image_size, channels, cache_dir, "celeba", progress)
     _warn_skipped(skipped, len(files))
-    if part_file is None:
+    if part_file is None or random_split:
         return ImageSet(images, names, seeded_split(len(names), split_seed), f"celeba:{img_dir}", key, skipped)
     part = read_partition(part_file)
     labels = torch.tensor([part.get(Path(n).name, -1) for n in names])
@@ -259,7 +261,8 @@ def _load_digits(image_size, channels, split_seed):
 
 
 def load_images(data: str = "digits", root=None, image_size: int = 32, channels: int = 1,
-                cache_dir=DEFAULT_CACHE_DIR, split_seed: int = 0, progress: bool = True) -> ImageSet:
+                cache_dir=DEFAULT_CACHE_DIR, split_seed: int = 0, progress: bool = True,
+                random_split: bool = False) -> ImageSet:
     """Load a source (see module docstring) as an :class:`ImageSet`."""
     if channels not in (1, 3):
         raise UserError(f"--channels must be 1 (grayscale) or 3 (RGB), got {channels}")
@@ -271,7 +274,7 @@ def load_images(data: str = "digits", root=None, image_size: int = 32, channels:
         root = Path(root).expanduser()
         if not root.exists():
             raise UserError(f"--data-root {root} does not exist")
-        return _load_celeba(root, image_size, channels, cache_dir, split_seed, progress)
+        return _load_celeba(root, image_size, channels, cache_dir, split_seed, progress, random_split)
     if data.startswith("folder:") or data == "folder":
         folder = Path(data[len("folder:"):] if data != "folder" else (root or "")).expanduser()
         return _load_folder(folder, image_size, channels, cache_dir, split_seed, progress)

@@ -20,7 +20,7 @@ import torch
 
 import data as data_mod
 import metrics
-from utils import UserError, pick_device, run_cli, write_json
+from utils import UserError, init_distributed, run_cli, write_json
 
 
 def build_parser():
@@ -33,6 +33,8 @@ def build_parser():
     p.add_argument("--image-size", type=int, default=None, help="real-image size (default: the generated size)")
     p.add_argument("--channels", type=int, default=None, choices=[1, 3], help="default: the generated channels")
     p.add_argument("--split-seed", type=int, default=0, help="as in training, for sources without partition file")
+    p.add_argument("--random-split", action="store_true", help="CelebA: random split instead of the partition "
+                   "file (use when training did)")
     p.add_argument("--heldout-split", default="test", choices=["val", "test"])
     p.add_argument("--num-samples", type=int, default=10000, help="images to generate from a checkpoint")
     p.add_argument("--max-real", type=int, default=None, help="use at most this many train and held-out images each (seeded subsets)")
@@ -89,7 +91,8 @@ def load_real_features(args, extractor, size, channels):
             if str(z["weights_sha256"]) != extractor.sha256:
                 raise UserError(f"{args.real} was computed with other Inception weights; recompute it")
             return z["train"], (z["heldout"] if "heldout" in z.files else None), None, f"features {args.real}"
-    imgs = data_mod.load_images(args.real, args.data_root, size, channels, args.cache_dir or None, args.split_seed)
+    imgs = data_mod.load_images(args.real, args.data_root, size, channels, args.cache_dir or None, args.split_seed,
+                                random_split=args.random_split)
     train_idx = subset(imgs.splits["train"], args.max_real, args.seed)
     from utils import sha256_json
 
@@ -111,7 +114,7 @@ def load_real_features(args, extractor, size, channels):
 
 def evaluate(args) -> dict:
     t0 = time.time()
-    device = pick_device(args.device)
+    rank, world, device = init_distributed(args.device)  # torchrun: Inception batches are sharded over ranks
     gen_u8, gen_desc = load_gen(args.gen, args.num_samples, device)
     if len(gen_u8) < 2:
         raise UserError(f"need at least 2 generated images, got {len(gen_u8)}")
@@ -120,7 +123,7 @@ def evaluate(args) -> dict:
     extractor = metrics.InceptionFeatures(args.inception_weights, device, args.batch_size, args.strict_weights)
     train_f, held_f, train_u8, real_desc = load_real_features(args, extractor, size, channels)
     gen_f = extractor(gen_u8, desc=f"generated features ({len(gen_u8)})")
-    if args.save_stats:
+    if args.save_stats and rank == 0:
         np.savez(args.save_stats, train=train_f, **({"heldout": held_f} if held_f is not None else {}),
                  weights_sha256=extractor.sha256)
         print(f"saved real features to {args.save_stats}")
@@ -129,7 +132,12 @@ def evaluate(args) -> dict:
 
     fid_train = metrics.fid(gen_f, train_f)
     fid_held = metrics.fid(gen_f, held_f) if held_f is not None else None
-    dists, nn_idx = metrics.nearest_cosine(gen_f, train_f, device=device, progress=True)
+    # FID is biased by the real-set size too: the gap compares held-out with a train subset of the same size
+    fid_matched = None
+    if held_f is not None:
+        fid_matched = fid_train if len(train_f) <= len(held_f) else \
+            metrics.fid(gen_f, train_f[subset(torch.arange(len(train_f)), len(held_f), args.seed + 1).numpy()])
+    dists, nn_idx = metrics.nearest_cosine(gen_f, train_f, device=device, progress=rank == 0)
     mi = metrics.mifid(fid_train, gen_f, train_f, args.mifid_eps, "kaggle", device)
     mi_tm = metrics.mifid(fid_train, gen_f, train_f, args.mifid_eps, "torchmetrics", device)
     kid_m, kid_s = metrics.kid(train_f, gen_f, subset_size=args.kid_subset_size, seed=args.seed)
@@ -138,14 +146,20 @@ def evaluate(args) -> dict:
         "gen": gen_desc, "real": real_desc, "n_gen": len(gen_f), "n_train": len(train_f),
         "n_heldout": None if held_f is None else len(held_f), "image_size": size, "channels": channels,
         "fid_train": fid_train, "fid_heldout": fid_held,
-        "fid_gap": None if fid_held is None else fid_held - fid_train,
+        "fid_train_matched": fid_matched, "fid_gap": None if fid_held is None else fid_held - fid_matched,
         "mifid": mi["mifid"], "memorization_d": mi["d"], "mifid_eps": args.mifid_eps,
         "mifid_torchmetrics_direction": mi_tm["mifid"], "memorization_d_torchmetrics_direction": mi_tm["d"],
         "kid_mean": kid_m, "kid_std": kid_s, "precision": prec, "recall": rec, "pr_k": args.pr_k,
         "nearest_distance_quantiles": {q: float(np.quantile(dists, float(q))) for q in ("0.001", "0.01", "0.1", "0.5")},
         "fraction_below_eps": float((dists < args.mifid_eps).mean()),
-        "inception": extractor.identity, "wall_s": round(time.time() - t0, 1),
+        "inception": extractor.identity, "wall_s": round(time.time() - t0, 1), "world_size": world,
     }
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+        if rank != 0:
+            return res
     out = Path(args.out) if args.out else (Path(args.gen) / "eval" if Path(args.gen).is_dir() and
                                            (Path(args.gen) / "config.json").exists() else Path("outputs/eval"))
     out.mkdir(parents=True, exist_ok=True)
@@ -165,7 +179,8 @@ def print_table(r: dict) -> None:
 
     rows = [("generated images", r["n_gen"]), ("train images (memorization ref.)", r["n_train"]),
             ("held-out images", r["n_heldout"]), ("FID vs train", f(r["fid_train"])),
-            ("FID vs held-out", f(r["fid_heldout"])), ("MiFID (Kaggle)", f(r["mifid"])),
+            ("FID vs held-out", f(r["fid_heldout"])),
+            ("FID vs train, held-out-sized subset", f(r["fid_train_matched"])), ("MiFID (Kaggle)", f(r["mifid"])),
             ("memorization d (gen -> nearest train)", f(r["memorization_d"], ".4f")),
             ("d, torchmetrics direction (train -> gen)", f(r["memorization_d_torchmetrics_direction"], ".4f")),
             ("KID x 1e3", f"{r['kid_mean'] * 1e3:.3f} ± {r['kid_std'] * 1e3:.3f}"),

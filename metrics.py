@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from utils import UserError, sha256_file, sha256_json
+from utils import UserError, all_gather, dist_world, sha256_file, sha256_json
 
 OFFICIAL_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 KNOWN_WEIGHTS = {
@@ -131,11 +131,16 @@ class InceptionFeatures:
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, desc: str = "features", progress: bool = True) -> np.ndarray:
+        """Features of all images. Under torchrun each rank computes every world-th batch and all ranks get all."""
+        rank, world = dist_world()
+        starts = list(range(0, len(images), self.batch_size))[rank::world]
         out = []
-        for i in tqdm(range(0, len(images), self.batch_size), desc=desc, disable=not progress, leave=False,
-                      unit="batch"):
+        for i in tqdm(starts, desc=desc, disable=not progress or rank != 0, leave=False, unit="batch"):
             x = to_uint8_rgb(images[i:i + self.batch_size]).to(self.device).contiguous(memory_format=torch.channels_last)
             out.append(self.model(x)[0].float().cpu())
+        if world > 1:  # interleave the ranks' batches back into the original order
+            shards = all_gather(out)
+            out = [shards[k % world][k // world] for k in range(sum(len(sh) for sh in shards))]
         return torch.cat(out).numpy() if out else np.zeros((0, FEATURE_DIM), np.float32)
 
 
@@ -143,12 +148,13 @@ def cached_features(extractor: InceptionFeatures, images_fn, key: dict, cache_di
     """Features of a real image set, cached on disk under a key of (data identity, split, preprocessing, weights)."""
     full_key = sha256_json({**key, **extractor.identity, "v": 1})
     path = Path(cache_dir) / f"features-{full_key[:20]}.npy" if cache_dir else None
-    if path is not None and path.is_file():
+    hit = all_gather(path is not None and path.is_file())[0]  # rank 0 decides, so all ranks extract or none
+    if hit:
         feats = np.load(path, allow_pickle=False)
         print(f"using cached features {path} ({len(feats)} images)")
         return feats
     feats = extractor(images_fn(), desc=desc)
-    if path is not None:
+    if path is not None and dist_world()[0] == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
         np.save(tmp, feats)

@@ -13,6 +13,7 @@ Run artefacts in ``--out`` (default outputs/<run-name>/):
   generator.pt       final generator weights + the config needed to rebuild it
   samples.npz        --num-samples generated uint8 images (N, C, H, W), for evaluate_mifid.py
   results.json       steps, time, images/s, final losses (+ epsilon, delta, sigma, ... for DP)
+  canaries.json      with --canaries: which held-out images were inserted and how often (read by audit.py)
 """
 from __future__ import annotations
 
@@ -25,17 +26,20 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 import data as data_mod
 from models import build_models
-from utils import UserError, atomic_torch_save, pick_device, run_cli, safe_load, versions, write_json
+from utils import (UserError, all_gather, atomic_torch_save, average_grads, broadcast_params, init_distributed,
+                   run_cli, safe_load, state_hash, versions, write_json)
 
 # Arguments that must not change when a run is resumed (everything that shapes the trajectory).
 RESUME_LOCKED = ("data", "data_root", "image_size", "channels", "nz", "ngf", "ndf", "batch_size", "lr",
-                 "beta1", "seed", "split_seed")
+                 "beta1", "seed", "split_seed", "random_split", "canaries", "canary_repeats", "canary_split",
+                 "canary_seed")
 
 
 def build_parser(prog="train_dcgan.py", description=None, default_lr=2e-4) -> argparse.ArgumentParser:
@@ -48,6 +52,8 @@ def build_parser(prog="train_dcgan.py", description=None, default_lr=2e-4) -> ar
     g.add_argument("--image-size", type=int, default=32, choices=[32, 64])
     g.add_argument("--channels", type=int, default=1, choices=[1, 3], help="1 = grayscale, 3 = RGB")
     g.add_argument("--split-seed", type=int, default=0, help="seed of the 80/10/10 split when no partition file")
+    g.add_argument("--random-split", action="store_true", help="CelebA: ignore list_eval_partition.txt and split "
+                   "images at random (seeded 80/10/10); needed for membership audits (see audit.py)")
     g.add_argument("--cache-dir", default=data_mod.DEFAULT_CACHE_DIR, help="decoded-image cache ('' disables)")
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--epochs", type=int, default=5)
@@ -59,6 +65,14 @@ def build_parser(prog="train_dcgan.py", description=None, default_lr=2e-4) -> ar
     g.add_argument("--ngf", type=int, default=64, help="generator width")
     g.add_argument("--ndf", type=int, default=64, help="discriminator width")
     g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("canaries (memorization audit, see audit.py)")
+    g.add_argument("--canaries", type=int, default=0, metavar="K",
+                   help="insert K held-out images per repeat count into the training set")
+    g.add_argument("--canary-repeats", type=_int_list, default=[1], metavar="R[,R...]",
+                   help="how often each canary is repeated in training, e.g. 1,4,16 (K canaries for each)")
+    g.add_argument("--canary-split", default="val", choices=["val", "test"],
+                   help="held-out split the canaries (and audit.py's exposure references) come from")
+    g.add_argument("--canary-seed", type=int, default=0)
     g = p.add_argument_group("run")
     g.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
     g.add_argument("--out", default=None, help="run folder (default outputs/<run-name>)")
@@ -67,6 +81,16 @@ def build_parser(prog="train_dcgan.py", description=None, default_lr=2e-4) -> ar
     g.add_argument("--num-samples", type=int, default=10000, help="images written to samples.npz at the end")
     g.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     return p
+
+
+def _int_list(text: str) -> list:
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return vals
 
 
 def default_out(args, private: bool) -> Path:
@@ -86,16 +110,38 @@ def check_args(args) -> None:
         raise UserError(f"--max-steps must be positive, got {args.max_steps}")
     if args.num_samples < 0:
         raise UserError("--num-samples must be >= 0")
+    if args.canaries < 0:
+        raise UserError(f"--canaries must be >= 0, got {args.canaries}")
+
+
+def canary_plan(imgs, k: int, repeats, split: str, seed: int) -> dict:
+    """Pick k canaries per repeat count from a held-out split (seeded). Indices refer to ``imgs.images``;
+    the split's other images are the exposure references (audit.py)."""
+    pool = imgs.splits.get(split, torch.zeros(0, dtype=torch.long))
+    need = k * len(repeats)
+    if need > len(pool) - 2:
+        raise UserError(f"--canaries {k} x {len(repeats)} repeat counts needs {need} images, but the {split} "
+                        f"split has {len(pool)} (and must keep at least 2 as references); use fewer canaries")
+    chosen = pool[torch.from_numpy(np.random.default_rng(seed).permutation(len(pool))[:need])]
+    return {"split": split, "seed": seed, "indices": chosen.tolist(), "names": [imgs.names[i] for i in chosen],
+            "repeats": [r for r in repeats for _ in range(k)], "split_key": imgs.split_key(split)}
 
 
 def load_training_data(args):
-    """The ImageSet and its uint8 train split."""
+    """(ImageSet, uint8 training tensor, canary plan or None). With --canaries the training tensor is the
+    train split followed by each canary repeated R times."""
     imgs = data_mod.load_images(args.data, args.data_root, args.image_size, args.channels,
-                                args.cache_dir or None, args.split_seed, progress=not args.no_progress)
+                                args.cache_dir or None, args.split_seed, progress=not args.no_progress,
+                                random_split=args.random_split)
     train = imgs.split("train")
     if len(train) == 0:
         raise UserError(f"the train split of {imgs.source} is empty")
-    return imgs, train
+    if not args.canaries:
+        return imgs, train, None
+    plan = canary_plan(imgs, args.canaries, args.canary_repeats, args.canary_split, args.canary_seed)
+    reps = torch.tensor(plan["repeats"])
+    extra = imgs.images[torch.tensor(plan["indices"])].repeat_interleave(reps, dim=0)
+    return imgs, torch.cat([train, extra]), plan
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -237,9 +283,12 @@ def train(args, privacy=None) -> dict:
         if changed:
             raise UserError(f"cannot resume {out} with different settings: {'; '.join(changed)}")
 
-    device = pick_device(args.device)
+    rank, world, device = init_distributed(args.device)  # torchrun: one process per CPU group / GPU
+    main_rank = rank == 0
+    if ckpt is not None and ckpt.get("world_size", 1) != world:
+        raise UserError(f"{out} was trained with {ckpt.get('world_size', 1)} process(es); resume it with as many")
     torch.manual_seed(args.seed)
-    imgs, train_u8 = load_training_data(args)
+    imgs, train_u8, canaries = load_training_data(args)
     n = len(train_u8)
     train_u8 = train_u8.to(device)
     steps_per_epoch = math.ceil(n / args.batch_size)
@@ -254,6 +303,14 @@ def train(args, privacy=None) -> dict:
     if ckpt is not None:
         G.load_state_dict(ckpt["G"])
         D.load_state_dict(ckpt["D"])
+    if world > 1:  # every rank starts from rank 0's weights; each draws its own latent noise
+        broadcast_params(G, D)
+        torch.manual_seed(args.seed + 7919 * rank)
+        if privacy is not None:
+            from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
+
+            D = DPDDP(D)  # Opacus: noise on rank 0 only, clipped sums all-reduced -> one DP step
+    g_batch = math.ceil(args.batch_size / world)  # the generator's fixed batch, split over ranks
     if privacy is not None:
         D, optD = privacy.make_private(D, optD, n_train=n, batch_size=args.batch_size,
                                        steps_per_epoch=steps_per_epoch, total_steps=total_steps,
@@ -264,48 +321,67 @@ def train(args, privacy=None) -> dict:
     step = ckpt["step"] if ckpt else 0
     raw_D = privacy.unwrap(D) if privacy else D
 
-    out.mkdir(parents=True, exist_ok=True)
+    def log_main(*a):
+        if main_rank:
+            print(*a)
+
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
     config = {"args": vars(args), "device": str(device), "versions": versions(), "data": imgs.source,
               "n_train": n, "n_val": len(imgs.splits.get("val", [])), "n_test": len(imgs.splits.get("test", [])),
               "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-              "private": privacy is not None}
+              "private": privacy is not None, "world_size": world}
     if privacy is not None:
         config["privacy"] = privacy.describe()
-    write_json(out / "config.json", config)
+    if canaries is not None:
+        config["canaries"] = {"count": len(canaries["indices"]), "copies": sum(canaries["repeats"]),
+                              "split": canaries["split"]}
+        if main_rank:
+            write_json(out / "canaries.json", canaries)
+    if main_rank:
+        write_json(out / "config.json", config)
     model_cfg = {"nz": args.nz, "ngf": args.ngf, "ndf": args.ndf, "channels": args.channels,
                  "image_size": args.image_size}
-    print(f"{'DP-SGD' if privacy else 'non-private'} DCGAN | data {imgs.source}: {n} train images "
-          f"({args.image_size}px, {args.channels}ch) | device {device} | batch {args.batch_size} | lr {args.lr} | "
-          f"{total_steps} steps ({steps_per_epoch}/epoch) | out {out}")
+    log_main(f"{'DP-SGD' if privacy else 'non-private'} DCGAN | data {imgs.source}: {n} train images "
+             f"({args.image_size}px, {args.channels}ch) | device {device}"
+             f"{f' x {world} processes' if world > 1 else ''} | batch {args.batch_size} | lr {args.lr} | "
+             f"{total_steps} steps ({steps_per_epoch}/epoch) | out {out}")
+    if canaries is not None:
+        log_main(f"canaries: {len(canaries['indices'])} {canaries['split']} images inserted, repeats "
+                 f"{args.canary_repeats} x {args.canaries} each ({sum(canaries['repeats'])} extra training images)")
     if privacy is not None:
-        print(privacy.summary())
+        log_main(privacy.summary())
 
     log_path = out / "log.jsonl"
-    if ckpt is not None and log_path.exists():  # drop records written after the checkpoint
+    if main_rank and ckpt is not None and log_path.exists():  # drop records written after the checkpoint
         keep = [line for line in log_path.read_text().splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= step]
         log_path.write_text("".join(line + "\n" for line in keep))
-    elif ckpt is None and log_path.exists():
+    elif main_rank and ckpt is None and log_path.exists():
         log_path.unlink()
     fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed + 7)).to(device)
     bce = nn.BCEWithLogitsLoss()
 
     def checkpoint(epoch, step_in_epoch):
-        atomic_torch_save({"G": G.state_dict(), "D": raw_D.state_dict(), "optG": optG.state_dict(),
-                           "optD": optD.state_dict(), "step": step, "epoch": epoch, "step_in_epoch": step_in_epoch,
-                           "rng": _rng_state(device), "args": vars(args), "config": model_cfg,
-                           "privacy": privacy.state_dict() if privacy else None}, ckpt_path)
+        rng = all_gather(_rng_state(device))  # every rank's RNG (collective: all ranks call checkpoint)
+        if main_rank:
+            atomic_torch_save({"G": G.state_dict(), "D": raw_D.state_dict(), "optG": optG.state_dict(),
+                               "optD": optD.state_dict(), "step": step, "epoch": epoch, "step_in_epoch": step_in_epoch,
+                               "rng": rng[0], "rng_ranks": rng, "world_size": world, "args": vars(args),
+                               "config": model_cfg, "privacy": privacy.state_dict() if privacy else None,
+                               "wall_s": wall_before + time.time() - t0}, ckpt_path)
 
     if ckpt is not None:
-        _set_rng_state(ckpt["rng"], device)
-        print(f"resumed from {ckpt_path} at step {step}" + (f", ε = {privacy.epsilon():.3f}" if privacy else ""))
+        _set_rng_state(ckpt.get("rng_ranks", [ckpt["rng"]])[rank], device)
+        log_main(f"resumed from {ckpt_path} at step {step}" + (f", ε = {privacy.epsilon():.3f}" if privacy else ""))
     start_epoch = ckpt["epoch"] if ckpt else 0
     start_k = ckpt["step_in_epoch"] if ckpt else 0
     if start_k >= steps_per_epoch:
         start_epoch, start_k = start_epoch + 1, 0
 
     t0, real_seen, rec = time.time(), 0, {}
-    log = open(log_path, "a")
+    wall_before = ckpt.get("wall_s", 0.0) if ckpt else 0.0  # training time of earlier invocations
+    log = open(log_path if main_rank else os.devnull, "a")
     try:
         for epoch in range(start_epoch, args.epochs):
             if step >= total_steps:
@@ -314,21 +390,25 @@ def train(args, privacy=None) -> dict:
             batches = (privacy.poisson_batches(gen, n, steps_per_epoch) if privacy
                        else shuffled_batches(gen, n, args.batch_size))
             bar = tqdm(total=min(steps_per_epoch, total_steps - step + start_k), initial=start_k,
-                       desc=f"epoch {epoch + 1}/{args.epochs}", disable=args.no_progress, leave=False)
+                       desc=f"epoch {epoch + 1}/{args.epochs}", disable=args.no_progress or not main_rank, leave=False)
             done_k = start_k  # batches of this epoch applied so far
             for k, idx in enumerate(batches):
                 if k < start_k:
                     continue  # resumed mid-epoch: these batches were already used
                 if step >= total_steps:
                     break
+                idx = idx[rank::world]  # this rank's share of the (global) batch
                 b = len(idx)
                 real = data_mod.to_float(train_u8[idx.to(device)]) if b else None
                 with torch.set_grad_enabled(privacy is None):
                     fake = G(torch.randn(b, args.nz, device=device))
                 # --- D step (see d_forward_backward for the per-sample unit under DP)
-                if not b:  # empty Poisson batch: the noisy step must still happen
+                if not b:  # empty (Poisson or shard) batch: the (noisy) step must still happen on every rank
                     optD.zero_grad(set_to_none=True)
-                    privacy.empty_batch(D)
+                    if privacy is not None:
+                        privacy.empty_batch(D)
+                    else:
+                        average_grads(D)
                     optD.step()
                     loss_d = d_x = d_gz = float("nan")
                 elif privacy is not None:
@@ -336,16 +416,20 @@ def train(args, privacy=None) -> dict:
                 else:
                     optD.zero_grad(set_to_none=True)
                     loss_d, d_x, d_gz = d_forward_backward(D, real, fake.detach(), bce)
+                    if world > 1:
+                        average_grads(D)
                     optD.step()
                 # --- G step: D frozen (no param grads, no per-sample work). Under DP the fake batch has the
-                # fixed size --batch-size, so G's update depends on the private D's weights only.
+                # fixed size --batch-size (split over ranks), so G's update depends on the private D's weights only.
                 with frozen(D, privacy):
-                    if privacy is not None:
-                        fake = G(torch.randn(args.batch_size, args.nz, device=device))
+                    if privacy is not None or not b:
+                        fake = G(torch.randn(g_batch, args.nz, device=device))
                     out_g = D(fake)
                     loss_g = bce(out_g, torch.ones_like(out_g))
                     optG.zero_grad(set_to_none=True)
                     loss_g.backward()
+                    if world > 1:
+                        average_grads(G)
                     optG.step()
                 step += 1
                 done_k = k + 1
@@ -375,24 +459,37 @@ def train(args, privacy=None) -> dict:
             log.write(json.dumps(erec) + "\n")
             log.flush()
             checkpoint(epoch + 1 if epoch_done else epoch, 0 if epoch_done else done_k)
-            save_grid(G, fixed_z, out / "grids" / f"epoch_{epoch + 1:03d}.png")
-            plot_losses(log_path, out / "loss_curve.png")
+            if main_rank:
+                save_grid(G, fixed_z, out / "grids" / f"epoch_{epoch + 1:03d}.png")
+                plot_losses(log_path, out / "loss_curve.png")
             msg = f"epoch {epoch + 1}: step {step}, D {rec.get('loss_d', float('nan')):.3f}, G {rec.get('loss_g', float('nan')):.3f}"
-            print(msg + (f", ε = {erec['epsilon']:.3f}" if privacy else ""))
+            log_main(msg + (f", ε = {erec['epsilon']:.3f}" if privacy else ""))
     finally:  # on Ctrl-C the last checkpoint (a consistent state) stays; --resume continues from it
         log.close()
 
     elapsed = time.time() - t0
+    real_seen = sum(all_gather(real_seen))  # real images over all ranks
+    results = {"run": str(out), "private": privacy is not None, "steps": step, "epochs": args.epochs,
+               "n_train": n, "batch_size": args.batch_size, "wall_s": round(wall_before + elapsed, 2),
+               "images_per_s": round(real_seen / elapsed, 1) if elapsed > 0 and real_seen else None,
+               "final_loss_d": rec.get("loss_d"), "final_loss_g": rec.get("loss_g"), "device": str(device),
+               "world_size": world}
+    if privacy is not None:
+        results.update(privacy.results())
+    if world > 1:  # the ranks must hold the same models: each DP step is one synchronized update
+        hashes = all_gather(state_hash(G, raw_D))
+        results["ranks_identical"] = len(set(hashes)) == 1
+        if not results["ranks_identical"]:
+            warnings.warn(f"ranks ended with different weights ({hashes}); the run is inconsistent", stacklevel=2)
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    if not main_rank:
+        return results
     atomic_torch_save({"G": G.state_dict(), "config": model_cfg, "args": vars(args)}, out / "generator.pt")
     if args.num_samples:
         data_mod.save_npz(out / "samples.npz", generate(G.eval(), args.num_samples, args.nz, device, seed=args.seed + 1))
     plot_losses(log_path, out / "loss_curve.png")
-    results = {"run": str(out), "private": privacy is not None, "steps": step, "epochs": args.epochs,
-               "n_train": n, "batch_size": args.batch_size, "wall_s": round(elapsed, 2),
-               "images_per_s": round(real_seen / elapsed, 1) if elapsed > 0 and real_seen else None,
-               "final_loss_d": rec.get("loss_d"), "final_loss_g": rec.get("loss_g"), "device": str(device)}
-    if privacy is not None:
-        results.update(privacy.results())
     write_json(out / "results.json", results)
     if real_seen:
         print(f"done: {step} steps in {elapsed:.1f}s ({results['images_per_s']} real images/s); artefacts in {out}")

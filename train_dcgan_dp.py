@@ -101,7 +101,8 @@ class DPPrivacy:
             D, optD, _ = self.engine.make_private(
                 module=D, optimizer=optD, data_loader=loader, noise_multiplier=self.noise_multiplier,
                 max_grad_norm=a.max_grad_norm, poisson_sampling=a.poisson, grad_sample_mode=a.grad_sample_mode)
-        assert abs(optD.expected_batch_size - int(n_train * self.sample_rate)) < 1
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        assert abs(optD.expected_batch_size * world - int(n_train * self.sample_rate)) < 1  # per-rank share
         if state is not None:
             self.engine.accountant.load_state_dict(state["accountant"])
             self.last_eps = self.epsilon()
@@ -115,7 +116,8 @@ class DPPrivacy:
 
     # ------------------------------------------------------------------ loop hooks
     def unwrap(self, D):
-        return D._module
+        m = D._module
+        return getattr(m, "module", m)  # under torchrun: GradSampleModule(DPDDP(D))
 
     def disable_hooks(self, D):
         D.disable_hooks()

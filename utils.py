@@ -46,6 +46,77 @@ def pick_device(name: str = "auto") -> torch.device:
         raise UserError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
 
 
+# ----------------------------------------------------------------------------- multi-process (torchrun)
+def init_distributed(device_arg: str = "auto"):
+    """(rank, world size, device). Under torchrun (WORLD_SIZE > 1) joins the process group: gloo on CPU, nccl on
+    CUDA (one GPU per process, cuda:LOCAL_RANK). A plain process returns (0, 1, pick_device(device_arg))."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = pick_device(device_arg)
+    if world == 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        raise UserError(f"multi-process runs use CPU (gloo) or CUDA (nccl), not {device.type}; pass --device cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def dist_world() -> tuple[int, int]:
+    """(rank, world size) of the current process group, (0, 1) outside one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_gather(obj) -> list:
+    """Every rank's obj, in rank order ([obj] outside a process group)."""
+    import torch.distributed as dist
+
+    if dist_world()[1] == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_params(*modules) -> None:
+    """Copy rank 0's parameters and buffers to every rank."""
+    import torch.distributed as dist
+
+    for m in modules:
+        for t in list(m.parameters()) + list(m.buffers()):
+            dist.broadcast(t.data, 0)
+
+
+def average_grads(module) -> None:
+    """Average parameter gradients over ranks (a missing gradient counts as zero)."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    for p in module.parameters():
+        if p.requires_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= world
+
+
+def state_hash(*modules) -> str:
+    h = hashlib.sha256()
+    for m in modules:
+        for k, v in m.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def versions() -> dict:
     import numpy
     import opacus
@@ -86,6 +157,11 @@ def atomic_write_text(path, text: str) -> None:
             f.write(text)
 
     _atomic_write(Path(path), write)
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
 
 
 def write_json(path, obj) -> None:

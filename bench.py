@@ -1,0 +1,252 @@
+"""Benchmarks (not tests): DP step overhead, feature throughput, memorization-distance scaling, data loading.
+
+  python bench.py                       # everything, prints a table and writes outputs/bench.json
+  python bench.py --quick               # smaller sizes, about a minute
+
+Every measurement runs in a fresh subprocess, so "peak extra memory" is that process's peak resident memory
+(CUDA: peak allocated) above what it held after building its inputs. Times are medians over --iters
+repetitions after warm-up. Figures are ratios where the question is one ("how much slower is DP?"), so they
+transfer across machines better than raw numbers; the device is in the JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utils import pick_device, run_cli, versions, write_json
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _timed(fn, iters: int, warmup: int = 2) -> float:
+    """Median seconds of fn() over iters calls after warm-up."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _mem_start(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 2**20
+    return _peak_rss_mb()
+
+
+def _mem_extra(device, start) -> float:
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20 - start, 1)
+    return round(_peak_rss_mb() - start, 1)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ----------------------------------------------------------------------------- jobs (each in its own process)
+def job_d_step(mode: str, batch: int, iters: int, device: str, threads: int) -> dict:
+    """One discriminator step (real + fake pairs, one backward, optimizer step) as in training."""
+    torch.set_num_threads(threads)
+    import train_dcgan
+    from models import build_models
+
+    device = torch.device(device)
+    torch.manual_seed(0)
+    G, D = build_models(100, 64, 64, 1, 32)
+    D = D.to(device)
+    optD = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    real = torch.rand(batch, 1, 32, 32, device=device) * 2 - 1
+    fake = torch.rand(batch, 1, 32, 32, device=device) * 2 - 1
+    bce = torch.nn.BCEWithLogitsLoss()
+    privacy = None
+    if mode == "non-private":
+        def step():
+            optD.zero_grad(set_to_none=True)
+            train_dcgan.d_forward_backward(D, real, fake, bce)
+            optD.step()
+    else:
+        import train_dcgan_dp
+
+        privacy = train_dcgan_dp.DPPrivacy(train_dcgan_dp.parse_args(["--noise-multiplier", "1.0",
+                                                                       "--grad-sample-mode", mode]))
+        D, optD = privacy.make_private(D, optD, n_train=batch * 100, batch_size=batch, steps_per_epoch=100,
+                                       total_steps=100)
+
+        def step():
+            privacy.d_step(D, optD, real, fake, bce)
+    start = _mem_start(device)
+    sec = _timed(lambda: (step(), _sync(device)), iters)
+    res = {"mode": mode, "batch": batch, "sec_per_step": sec, "images_per_s": batch / sec,
+           "peak_extra_mb": _mem_extra(device, start)}
+    if mode == "hooks":  # lever: freezing D in the generator step (no per-sample work for D's parameters)
+        G = G.to(device)
+        z = torch.randn(batch, 100, device=device)
+
+        def g_step(freeze):
+            ctx = train_dcgan.frozen(D, privacy) if freeze else torch.enable_grad()
+            with ctx:
+                bce(D(G(z)), torch.ones(batch, device=device)).backward()
+            G.zero_grad(set_to_none=True)
+            D.zero_grad(set_to_none=True)
+            for p in D.parameters():
+                p.grad_sample = None
+        res["g_step_sec_d_frozen"] = _timed(lambda: (g_step(True), _sync(device)), iters)
+        res["g_step_sec_d_not_frozen"] = _timed(lambda: (g_step(False), _sync(device)), iters)
+    return res
+
+
+def job_inception(weights: str, n: int, device: str, threads: int) -> dict:
+    """Our feature pipeline vs torch-fidelity's own extractor (NCHW, as torch-fidelity runs it)."""
+    torch.set_num_threads(threads)
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    import metrics
+
+    device = torch.device(device)
+    imgs = torch.randint(0, 256, (n, 1, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    ours = metrics.InceptionFeatures(weights, device, batch_size=64)
+    theirs = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                         feature_extractor_weights_path=str(ours.path)).to(device).eval()
+
+    def run_theirs():
+        with torch.no_grad():
+            return torch.cat([theirs(metrics.to_uint8_rgb(imgs[i:i + 64]).to(device))[0].cpu()
+                              for i in range(0, n, 64)]).numpy()
+    start = _mem_start(device)
+    t_ours = _timed(lambda: ours(imgs, progress=False), 1, warmup=1)
+    t_theirs = _timed(run_theirs, 1, warmup=1)
+    diff = float(np.abs(ours(imgs, progress=False) - run_theirs()).max())
+    return {"images": n, "ours_images_per_s": n / t_ours, "torch_fidelity_images_per_s": n / t_theirs,
+            "speedup": t_theirs / t_ours, "max_abs_feature_diff": diff, "peak_extra_mb": _mem_extra(device, start)}
+
+
+def job_memorization(n_gen: int, n_train: int, device: str, threads: int) -> dict:
+    """metrics.nearest_cosine on synthetic 2048-d features (the memorization distance d)."""
+    torch.set_num_threads(threads)
+    import metrics
+
+    device = torch.device(device)
+    rng = np.random.default_rng(0)
+    gen = rng.standard_normal((n_gen, 2048), dtype=np.float32)
+    train = rng.standard_normal((n_train, 2048), dtype=np.float32)
+    start = _mem_start(device)
+    t = time.perf_counter()
+    metrics.nearest_cosine(gen, train, device=device, progress=False)
+    _sync(device)
+    return {"n_gen": n_gen, "n_train": n_train, "sec": time.perf_counter() - t,
+            "peak_extra_mb": _mem_extra(device, start)}
+
+
+def job_data(data: str, root, batch: int, iters: int, threads: int, cache_dir=None) -> dict:
+    """Loading the decoded set from the cache, and serving training batches (index + to [-1, 1])."""
+    torch.set_num_threads(threads)
+    import data as data_mod
+
+    cache_dir = cache_dir or data_mod.DEFAULT_CACHE_DIR
+    data_mod.load_images(data, root, 32, 1, cache_dir, progress=False)  # fills the cache if cold
+    t = time.perf_counter()
+    imgs = data_mod.load_images(data, root, 32, 1, cache_dir, progress=False)
+    load_s = time.perf_counter() - t
+    train = imgs.split("train")
+    gen = torch.Generator().manual_seed(0)
+    sec = _timed(lambda: data_mod.to_float(train[torch.randint(0, len(train), (batch,), generator=gen)]), iters)
+    return {"data": imgs.source, "images": len(imgs), "cache_load_s": load_s, "batch_images_per_s": batch / sec}
+
+
+def isolated(fn, *args):
+    """Run fn(*args) in a fresh spawned process (clean peak memory, no state shared between jobs)."""
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
+# ----------------------------------------------------------------------------- main
+def build_parser():
+    p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n")[0], epilog=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repetitions")
+    p.add_argument("--only", default="dstep,inception,memorization,data",
+                   help="comma-separated subset of: dstep, inception, memorization, data")
+    p.add_argument("--batch-size", type=int, default=128, help="D-step batch (pairs of real + fake)")
+    p.add_argument("--iters", type=int, default=None, help="timed repetitions (default 10, --quick 3)")
+    p.add_argument("--data", default="celeba" if os.environ.get("CELEBA_ROOT") else "digits",
+                   help="data source of the loading benchmark (default celeba when $CELEBA_ROOT is set)")
+    p.add_argument("--data-root", default=os.environ.get("CELEBA_ROOT"))
+    p.add_argument("--inception-weights", default=os.environ.get("INCEPTION_WEIGHTS"))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads per job")
+    p.add_argument("--out", default="outputs/bench.json")
+    return p
+
+
+def bench(args) -> dict:
+    device = str(pick_device(args.device))
+    only = {s.strip() for s in args.only.split(",")}
+    iters = args.iters or (3 if args.quick else 10)
+    res = {"device": device, "threads": args.threads, "cpu_count": os.cpu_count(), "versions": versions(),
+           "quick": args.quick}
+    if device.startswith("cuda"):
+        res["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    if "dstep" in only:
+        from train_dcgan_dp import GRAD_SAMPLE_MODES
+
+        rows = [isolated(job_d_step, m, args.batch_size, iters, device, args.threads)
+                for m in ("non-private",) + GRAD_SAMPLE_MODES]
+        base = rows[0]["sec_per_step"]
+        for r in rows:
+            r["slowdown_vs_non_private"] = r["sec_per_step"] / base
+            print(f"D step {r['mode']:<12} {r['images_per_s']:8.1f} img/s  x{r['slowdown_vs_non_private']:.2f}  "
+                  f"peak +{r['peak_extra_mb']} MB")
+        res["d_step"] = rows
+    if "inception" in only:
+        if args.inception_weights:
+            r = isolated(job_inception, args.inception_weights, 64 if args.quick else 256, device, args.threads)
+            print(f"Inception: ours {r['ours_images_per_s']:.1f} img/s, torch-fidelity "
+                  f"{r['torch_fidelity_images_per_s']:.1f} img/s (x{r['speedup']:.2f}); max |Δ feature| "
+                  f"{r['max_abs_feature_diff']:.2e}")
+            res["inception"] = r
+        else:
+            res["inception"] = "skipped: no --inception-weights / $INCEPTION_WEIGHTS"
+            print("Inception: " + res["inception"])
+    if "memorization" in only:
+        sizes = (1000, 10000, 40000) if args.quick else (1000, 10000, 40000, 160000)
+        rows = []
+        for n in sizes:
+            rows.append(isolated(job_memorization, 10000, n, device, args.threads))
+            print(f"memorization 10k x {n // 1000}k: {rows[-1]['sec']:.1f} s, peak +{rows[-1]['peak_extra_mb']} MB")
+        res["memorization"] = rows
+    if "data" in only:
+        r = isolated(job_data, args.data, args.data_root, args.batch_size, iters * 10, args.threads)
+        if "d_step" in res:
+            fastest = max(x["images_per_s"] for x in res["d_step"])
+            r["batches_vs_fastest_d_step"] = r["batch_images_per_s"] / fastest
+        print(f"data: cache load {r['cache_load_s']:.2f} s for {r['images']} images, batches "
+              f"{r['batch_images_per_s']:.0f} img/s")
+        res["data"] = r
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.out, res)
+    print(f"wrote {args.out}")
+    return res
+
+
+def main(argv=None):
+    return run_cli(lambda a: bench(build_parser().parse_args(a)), argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import beta, mannwhitneyu
+
+import audit
+import data
+import train_dcgan
+from conftest import tiny_args
+from models import Discriminator
+
+
+# ----------------------------------------------------------------------------- statistics vs references
+def test_roc_summary_matches_mann_whitney_and_brute_force():
+    rng = np.random.default_rng(0)
+    s_in, s_out = rng.normal(0.5, 1, 300), rng.normal(0, 1, 400)
+    s_in[:20] = s_out[:20]  # ties
+    r = audit.roc_summary(s_in, s_out)
+    u = mannwhitneyu(s_in, s_out).statistic  # counts ties as 1/2, like the AUC
+    assert r["auc"] == pytest.approx(u / (len(s_in) * len(s_out)), abs=1e-12)
+    for level in (0.01, 0.001):
+        best = 0.0  # best TPR over all thresholds "score >= t" whose FPR is within the level
+        for t in np.r_[s_in, s_out, np.inf]:
+            if (s_out >= t).mean() <= level:
+                best = max(best, (s_in >= t).mean())
+        assert r["tpr_at_fpr"][str(level)] == pytest.approx(best)
+
+
+def test_clopper_pearson_and_bound_by_hand():
+    # k = 0: the one-sided upper limit has the closed form 1 - a^(1/n)
+    assert audit.clopper_pearson_upper(0, 20, 0.025) == pytest.approx(1 - 0.025 ** (1 / 20))
+    assert audit.clopper_pearson_upper(5, 50, 0.05) == pytest.approx(beta.ppf(0.95, 6, 45))
+    assert audit.clopper_pearson_upper(7, 7, 0.05) == 1.0
+    u = 1 - 0.025 ** (1 / 20)  # a perfect test on 20 + 20 trials
+    assert audit.epsilon_lb_from_counts(0, 20, 0, 20, 0.0, 0.05) == pytest.approx(math.log((1 - u) / u))
+    fpr, fnr = beta.ppf(0.975, 11, 90), beta.ppf(0.975, 31, 70)  # 10/100 false positives, 30/100 false negatives
+    want = max(math.log((1 - 1e-5 - fpr) / fnr), math.log((1 - 1e-5 - fnr) / fpr))
+    assert audit.epsilon_lb_from_counts(10, 100, 30, 100, 1e-5, 0.05) == pytest.approx(want)
+    assert audit.epsilon_lb_from_counts(50, 100, 50, 100, 1e-5, 0.05) == 0.0  # a coin flip proves nothing
+
+
+@pytest.mark.parametrize("eps", [0.5, 2.0])
+def test_bound_on_an_eps_dp_mechanism_stays_below_eps_and_approaches_it(eps):
+    """Randomized response is exactly eps-DP: the audit must never claim more, and with many trials gets close."""
+    rng = np.random.default_rng(1)
+    p = math.exp(eps) / (1 + math.exp(eps))
+    n = 20000
+    s_in = (rng.random(n) < p).astype(float)  # a member answers "member" with probability p
+    s_out = (rng.random(n) < 1 - p).astype(float)
+    lb = audit.empirical_epsilon(s_in, s_out, delta=0.0, alpha=0.05)["epsilon_lb"]
+    assert lb <= eps
+    assert lb > 0.85 * eps
+
+
+def test_exposure_by_hand():
+    refs = np.arange(10.0)  # M = 10 references
+    e = audit.exposure([9.5, 4.5, -1.0, 9.0], refs)
+    # ranks: 1 (beats all), 6 (refs 5..9 score >= 4.5), 11 (all refs above), 2 (ties count against the canary)
+    np.testing.assert_allclose(e, [math.log2(10), math.log2(10) - math.log2(6), math.log2(10) - math.log2(11),
+                                   math.log2(10) - 1])
+
+
+def test_nearest_l2_matches_numpy():
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(0, 256, (7, 1, 8, 8), dtype=torch.uint8, generator=g)
+    r = torch.randint(0, 256, (30, 1, 8, 8), dtype=torch.uint8, generator=g)
+    qn, rn = q.flatten(1).numpy() / 255.0, r.flatten(1).numpy() / 255.0
+    want = np.sqrt(((qn[:, None] - rn[None]) ** 2).sum(-1)).min(1)
+    np.testing.assert_allclose(audit.nearest_l2(q, r, "cpu", chunk=3), want, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- attacks on controlled models
+def _fit(D, pos, neg, steps=150):
+    opt = torch.optim.Adam(D.parameters(), lr=2e-3)
+    x = data.to_float(torch.cat([pos, neg]))
+    y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.binary_cross_entropy_with_logits(D(x), y).backward()
+        opt.step()
+    return D
+
+
+def test_white_box_attack_detects_an_overfitted_discriminator_only():
+    torch.manual_seed(0)
+    imgs = data.load_images("digits", image_size=32, channels=1)
+    pool = imgs.split("train")[torch.randperm(len(imgs.split("train")))]
+    members, others, unseen = pool[:48], pool[48:96], pool[96:192]
+    nonmembers = imgs.split("test")[:48]
+    # trained to say "1" on the members only, against other images of the same distribution: memorisation
+    over = _fit(Discriminator(16, 1, 32), members, others)
+    r = audit.roc_summary(audit.discriminator_scores(over, members, "cpu"),
+                          audit.discriminator_scores(over, nonmembers, "cpu"))
+    assert r["auc"] > 0.8
+    # the same training on images that exclude the members: no membership signal
+    blind = _fit(Discriminator(16, 1, 32), unseen[:48], unseen[48:])
+    r = audit.roc_summary(audit.discriminator_scores(blind, members, "cpu"),
+                          audit.discriminator_scores(blind, nonmembers, "cpu"))
+    assert abs(r["auc"] - 0.5) < 0.15
+
+
+def test_black_box_attack_detects_copies_of_members():
+    imgs = data.load_images("digits", image_size=32, channels=1)
+    pool = imgs.split("train")[torch.randperm(len(imgs.split("train")), generator=torch.Generator().manual_seed(1))]
+    members, nonmembers, fresh = pool[:100], imgs.split("test")[:100], pool[200:1200]
+    noise = torch.randint(-3, 4, members.shape, generator=torch.Generator().manual_seed(0))
+    copies = (members.int() + noise).clamp(0, 255).to(torch.uint8)
+    r = audit.roc_summary(-audit.nearest_l2(members, copies, "cpu"), -audit.nearest_l2(nonmembers, copies, "cpu"))
+    assert r["auc"] > 0.99
+    # a "generator" that never saw the members (other images of the train split)
+    r = audit.roc_summary(-audit.nearest_l2(members, fresh, "cpu"), -audit.nearest_l2(nonmembers, fresh, "cpu"))
+    assert abs(r["auc"] - 0.5) < 0.12
+
+
+# ----------------------------------------------------------------------------- the CLI on a real run
+@pytest.fixture(scope="module")
+def canary_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("canary_run")
+    train_dcgan.main(tiny_args(run, "--max-steps", "3", "--canaries", "2", "--canary-repeats", "1,3"))
+    return run
+
+
+def test_canaries_are_inserted_and_recorded(canary_run):
+    plan = json.loads((canary_run / "canaries.json").read_text())
+    assert plan["repeats"] == [1, 1, 3, 3] and plan["split"] == "val"
+    imgs = data.load_images("digits", image_size=32, channels=1)
+    assert set(plan["indices"]) <= set(imgs.splits["val"].tolist())
+    cfg = json.loads((canary_run / "config.json").read_text())
+    assert cfg["n_train"] == len(imgs.splits["train"]) + 8 and cfg["canaries"]["copies"] == 8
+    args = train_dcgan.build_parser().parse_args(tiny_args(canary_run, "--canaries", "2", "--canary-repeats", "1,3"))
+    _, train_u8, _ = train_dcgan.load_training_data(args)
+    for i, r in zip(plan["indices"], plan["repeats"]):  # each canary appears exactly R times in training
+        assert int((train_u8 == imgs.images[i]).flatten(1).all(1).sum()) == r
+
+
+def test_audit_cli_end_to_end(canary_run, tmp_path):
+    audit.main(["--run", str(canary_run), "--num-samples", "64", "--out", str(tmp_path)])
+    res = json.loads((tmp_path / "audit.json").read_text())
+    assert (tmp_path / "roc.png").stat().st_size > 0
+    m = res["canaries"]["references"]
+    assert m == 180 - 4  # the val split minus the canaries
+    for att in ("white_box", "black_box"):
+        a = res["attacks"][att]
+        assert 0 <= a["auc"] <= 1 and a["n_members"] == a["n_nonmembers"] == 180
+        assert set(a["exposure"]) == {"1", "3"}
+        for e in a["exposure"].values():
+            assert math.log2(m) - math.log2(m + 1) <= e["min"] <= e["max"] <= math.log2(m)
+        assert a["epsilon_lower_bound"]["epsilon_lb"] >= 0
+    with np.load(tmp_path / "scores.npz") as z:
+        assert z["white_box_canaries"].shape == (4,) and z["black_box_references"].shape == (m,)
+    # deterministic: the same audit twice gives the same numbers
+    audit.main(["--run", str(canary_run), "--num-samples", "64", "--out", str(tmp_path / "again")])
+    again = json.loads((tmp_path / "again" / "audit.json").read_text())
+    assert again["attacks"] == res["attacks"]
+
+
+def test_audit_bad_input_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        audit.main(["--run", str(tmp_path)])
+    assert e.value.code == 2 and "not a run folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        train_dcgan.main(tiny_args(tmp_path / "r", "--canaries", "100", "--canary-repeats", "1,2"))
+    assert e.value.code == 2 and "fewer canaries" in capsys.readouterr().err

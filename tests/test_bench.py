@@ -1,0 +1,25 @@
+"""bench.py's plumbing at tiny sizes (benchmarks assert no timings)."""
+import json
+
+import bench
+
+
+def test_d_step_jobs_run_the_training_step_for_every_mode():
+    for mode in ("non-private", "hooks", "functorch", "ew"):
+        r = bench.job_d_step(mode, 4, 1, "cpu", 1)
+        assert r["mode"] == mode and r["sec_per_step"] > 0 and r["images_per_s"] > 0
+        assert ("g_step_sec_d_frozen" in r) == (mode == "hooks")
+
+
+def test_memorization_and_data_jobs(tmp_path):
+    r = bench.job_memorization(50, 120, "cpu", 1)
+    assert (r["n_gen"], r["n_train"]) == (50, 120) and r["sec"] > 0
+    r = bench.job_data("digits", None, 16, 3, 1, cache_dir=tmp_path)
+    assert r["images"] == 1797 and r["batch_images_per_s"] > 0
+
+
+def test_cli_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    bench.main(["--quick", "--only", "data", "--data", "digits", "--iters", "1", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert res["data"]["images"] == 1797 and res["device"] == "cpu"
