@@ -307,9 +307,7 @@ def train(args, privacy=None) -> dict:
         broadcast_params(G, D)
         torch.manual_seed(args.seed + 7919 * rank)
         if privacy is not None:
-            from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
-
-            D = DPDDP(D)  # Opacus: noise on rank 0 only, clipped sums all-reduced -> one DP step
+            D = privacy.distribute(D)  # noise on rank 0 only, clipped sums all-reduced -> one DP step
     g_batch = math.ceil(args.batch_size / world)  # the generator's fixed batch, split over ranks
     if privacy is not None:
         D, optD = privacy.make_private(D, optD, n_train=n, batch_size=args.batch_size,

@@ -5,10 +5,11 @@ import bench
 
 
 def test_d_step_jobs_run_the_training_step_for_every_mode():
-    for mode in ("non-private", "hooks", "functorch", "ew"):
+    for mode in ("non-private", "ghost", "hooks", "functorch", "ew"):
         r = bench.job_d_step(mode, 4, 1, "cpu", 1)
         assert r["mode"] == mode and r["sec_per_step"] > 0 and r["images_per_s"] > 0
         assert ("g_step_sec_d_frozen" in r) == (mode == "hooks")
+        assert ("slowdown_paired" in r) == (mode != "non-private")
 
 
 def test_memorization_and_data_jobs(tmp_path):

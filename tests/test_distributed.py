@@ -36,6 +36,12 @@ def test_dp_training_on_two_processes(tmp_path):
     for k in ("sample_rate", "noise_multiplier", "dp_steps", "epsilon"):
         assert res[k] == pytest.approx(one[k], rel=1e-9), k
     assert res["steps"] == one["steps"] == 6
+    assert json.loads((tmp_path / "ddp" / "config.json").read_text())["privacy"]["grad_sample_mode"] == "ghost"
+    # Opacus' per-sample modes go through DPDDP instead: same ledger, identical ranks
+    _torchrun("train_dcgan_dp.py", *tiny_args(tmp_path / "ddp-hooks", "--max-steps", "6", "--device", "cpu",
+                                              "--grad-sample-mode", "hooks"))
+    hooks = json.loads((tmp_path / "ddp-hooks" / "results.json").read_text())
+    assert hooks["ranks_identical"] is True and hooks["epsilon"] == pytest.approx(one["epsilon"], rel=1e-9)
     # the non-private script shares the loop: gradients averaged over ranks, models identical
     _torchrun("train_dcgan.py", *tiny_args(tmp_path / "ddp-np", "--max-steps", "4", "--device", "cpu"))
     res = json.loads((tmp_path / "ddp-np" / "results.json").read_text())

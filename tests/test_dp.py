@@ -23,8 +23,9 @@ def _privacy(**kw):
 def _setup(n_pairs=5, **kw):
     torch.manual_seed(0)
     G, D = build_models(nz=8, ngf=8, ndf=8)
-    real = torch.rand(n_pairs, 1, 32, 32) * 2 - 1
-    fake = G(torch.randn(n_pairs, 8)).detach()
+    G, D = G.double(), D.double()  # float64: (p0 - p1) / lr recovers the gradient to 1e-12
+    real = torch.rand(n_pairs, 1, 32, 32, dtype=torch.float64) * 2 - 1
+    fake = G(torch.randn(n_pairs, 8, dtype=torch.float64)).detach()
     pv = _privacy(**kw)
     Dc = copy.deepcopy(D)
     Dp, opt = pv.make_private(Dc, torch.optim.SGD(Dc.parameters(), lr=0.1), n_train=10 * n_pairs,
@@ -47,19 +48,50 @@ def _reference_clipped_sum(D, real, fake, C):
     return total, norms
 
 
+def _new_params(pv, Dp):
+    return [p.detach().clone() for p in pv.unwrap(Dp).parameters()]
+
+
 @pytest.mark.parametrize("mode", train_dcgan_dp.GRAD_SAMPLE_MODES)
 def test_per_pair_clipping_matches_reference(mode):
     C = 0.05
-    D, Dp, opt, _, real, fake = _setup(max_grad_norm=C, grad_sample_mode=mode)
+    D, Dp, opt, pv, real, fake = _setup(max_grad_norm=C, grad_sample_mode=mode)
     ref, norms = _reference_clipped_sum(copy.deepcopy(D), real, fake, C)
     assert min(norms) > 10 * C  # clipping is active for every pair
-    opt.zero_grad()
-    train_dcgan.d_forward_backward(Dp, real, fake, BCE)
-    opt.clip_and_accumulate()
-    for p, r in zip(opt.params, ref):
-        assert torch.allclose(p.summed_grad, r, atol=1e-6)
+    pv.d_step(Dp, opt, real, fake, BCE)  # noise 0, SGD lr 0.1 on (clipped sum) / expected batch size 5
+    assert opt.expected_batch_size == 5
+    clipped_sum = [(p0 - p1) / 0.1 * 5 for p0, p1 in zip(D.parameters(), _new_params(pv, Dp))]
+    for g, r in zip(clipped_sum, ref):
+        assert torch.allclose(g, r, atol=1e-10)
     # each unit contributes at most C: the clipped sum of 5 pairs has norm <= 5 C
-    assert torch.sqrt(sum((p.summed_grad ** 2).sum() for p in opt.params)) <= 5 * C + 1e-5
+    assert torch.sqrt(sum((g ** 2).sum() for g in clipped_sum)) <= 5 * C + 1e-5
+    if mode == "ghost":  # the ghost norms themselves are the per-pair gradient norms
+        assert torch.allclose(pv.clipper.last_norms, torch.tensor(norms, dtype=torch.float64), rtol=1e-10)
+
+
+def test_ghost_norms_on_rgb_64px_with_bias():
+    """Both paths (ghost norms over stride sub-grids, grouped-conv materialisation), several chunks, float64."""
+    torch.manual_seed(0)
+    nn = torch.nn  # 64 -> 32 -> 8 -> 4 -> 1; the third conv (kernel 3, stride 2: 4 sub-grid groups) is a ghost one
+    D = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.GroupNorm(2, 8), nn.LeakyReLU(0.2), nn.Conv2d(8, 32, 4, 4),
+                      nn.Conv2d(32, 128, 3, 2, 1), nn.GroupNorm(4, 128), nn.Conv2d(128, 1, 4), nn.Flatten(0)).double()
+    real, fake = torch.randn(7, 3, 64, 64).double(), torch.randn(7, 3, 64, 64).double()
+    clipper = train_dcgan_dp.PairGhostClipper(D, max_grad_norm=0.5, chunk_floats=1000)
+    clipper.step(D, real, fake)
+    ref, norms = _reference_clipped_sum(copy.deepcopy(D), real, fake, 0.5)
+    assert torch.allclose(clipper.last_norms, torch.tensor(norms, dtype=torch.float64), rtol=1e-10)
+    assert min(norms) > 0.5 and all(torch.allclose(p.grad, r, atol=1e-12) for p, r in zip(D.parameters(), ref))
+
+
+def test_ghost_rejects_unsupported_layers_and_inplace_outputs():
+    nn = torch.nn
+    with pytest.raises(train_dcgan_dp.UserError, match="supports Conv2d .* not 1 .Linear.; use --grad-sample-mode hooks"):
+        train_dcgan_dp.PairGhostClipper(nn.Sequential(nn.Flatten(), nn.Linear(1024, 1)), 1.0)
+    # an in-place activation would overwrite the conv output whose gradient the norms need
+    D = nn.Sequential(nn.Conv2d(1, 4, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(4, 1, 16), nn.Flatten(0))
+    x = torch.randn(2, 1, 32, 32)
+    with pytest.raises(train_dcgan_dp.UserError, match="modified in place"):
+        train_dcgan_dp.PairGhostClipper(D, 1.0).step(D, x, x)
 
 
 def test_two_backward_passes_would_break_the_unit():
@@ -72,31 +104,29 @@ def test_two_backward_passes_would_break_the_unit():
         BCE(Dp(fake), torch.zeros(5)).backward()
 
 
-def test_physical_batches_equal_logical_batch():
-    D, Dp, opt, _, real, fake = _setup(n_pairs=6, max_grad_norm=0.05)
-    opt.zero_grad()
-    train_dcgan.d_forward_backward(Dp, real, fake, BCE)
-    opt.pre_step()
-    ref = [p.grad.clone() for p in opt.params]
-    pv2 = _privacy(max_grad_norm=0.05, max_physical_batch_size=4)
-    D2 = copy.deepcopy(D)
-    Dp2, opt2 = pv2.make_private(D2, torch.optim.SGD(D2.parameters(), lr=0.1), n_train=60, batch_size=6,
-                                 steps_per_epoch=10, total_steps=10)
-    pv2.d_step(Dp2, opt2, real, fake, BCE)  # chunks of 4 + 2 pairs, ONE noisy step
-    for p0, p2, g in zip(D.parameters(), Dp2._module.parameters(), ref):  # SGD lr 0.1: grad = (p0 - p1) / 0.1
-        assert torch.allclose((p0 - p2) / 0.1, g, atol=1e-5)
-    assert pv2.engine.accountant.history == [(0.0, 0.1, 1)]
+@pytest.mark.parametrize("mode", ["ghost", "hooks"])
+def test_physical_batches_equal_logical_batch(mode):
+    after = []
+    for chunk in (None, 4):  # one chunk of 6 pairs, or chunks of 4 + 2 pairs: ONE noisy step either way
+        D, Dp, opt, pv, real, fake = _setup(n_pairs=6, max_grad_norm=0.05, grad_sample_mode=mode,
+                                            max_physical_batch_size=chunk)
+        pv.d_step(Dp, opt, real, fake, BCE)
+        after.append(_new_params(pv, Dp))
+        assert pv.engine.accountant.history == [(0.0, 0.1, 1)]
+    assert not torch.allclose(after[0][0], D.main[0].weight)
+    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(*after))
 
 
-def test_noise_has_the_right_scale():
+@pytest.mark.parametrize("mode", ["ghost", "hooks"])
+def test_noise_has_the_right_scale(mode):
     sigma, C, B = 1.3, 0.7, 10
     torch.manual_seed(0)
     _, D = build_models(ndf=16)
-    pv = _privacy(noise_multiplier=sigma, max_grad_norm=C)
+    pv = _privacy(noise_multiplier=sigma, max_grad_norm=C, grad_sample_mode=mode)
     Dp, opt = pv.make_private(D, torch.optim.SGD(D.parameters(), lr=0.1), n_train=100, batch_size=B,
                               steps_per_epoch=10, total_steps=10)
     opt.zero_grad()
-    (0.0 * Dp(torch.randn(B, 1, 32, 32)).sum()).backward()  # zero gradients: p.grad is pure noise
+    pv.empty_batch(Dp)  # zero gradients: p.grad is pure noise
     opt.pre_step()
     g = torch.cat([p.grad.flatten() for p in opt.params])
     expected = sigma * C / opt.expected_batch_size
@@ -104,10 +134,11 @@ def test_noise_has_the_right_scale():
     assert abs(g.std().item() / expected - 1) < 0.03 and abs(g.mean().item()) < 0.05 * expected
 
 
-def test_empty_batch_still_noisy_and_counted():
+@pytest.mark.parametrize("mode", ["ghost", "hooks"])
+def test_empty_batch_still_noisy_and_counted(mode):
     torch.manual_seed(0)
     _, D = build_models(ndf=8)
-    pv = _privacy(noise_multiplier=1.0, max_grad_norm=1.0)
+    pv = _privacy(noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode=mode)
     Dp, opt = pv.make_private(D, torch.optim.SGD(D.parameters(), lr=1.0), n_train=100, batch_size=10,
                               steps_per_epoch=10, total_steps=10)
     before = [p.clone() for p in Dp.parameters()]
