@@ -1,18 +1,19 @@
 """Benchmarks (not tests): DP step overhead, feature throughput, memorization-distance scaling, data loading.
 
   python bench.py                       # everything, prints a table and writes outputs/bench.json
-  python bench.py --quick               # smaller sizes, about a minute
+  python bench.py --quick               # smaller sizes, a few minutes
 
 Every measurement runs in a fresh subprocess, so "peak extra memory" is that process's peak resident memory
 (CUDA: peak allocated) above what it held after building its inputs. Times are medians over --iters
-repetitions after warm-up; DP slowdowns are also measured from alternating private and non-private steps
-in one process, which is robust to machine drift. Figures are ratios where the question is one ("how much
-slower is DP?"), so they transfer across machines better than raw numbers; the device is in the JSON.
+repetitions after warm-up; DP slowdowns are measured from alternating private and non-private steps in one
+process (the median of the per-pair ratios, with their range), which is robust to machine drift. "trainstep"
+times the loop's unit, K D steps and one G step, for K = 1 and 5. "threads" times short training runs alone and
+beside a busy process, with --threads auto and with one thread per core. Figures are ratios where the question is one
+("how much slower is DP?"), so they transfer across machines better than raw numbers; the device is in the JSON.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import multiprocessing as mp
 import os
 import resource
@@ -62,31 +63,31 @@ def _sync(device):
 
 
 # ----------------------------------------------------------------------------- jobs (each in its own process)
-def job_d_step(mode: str, batch: int, iters: int, device: str, threads: int) -> dict:
-    """One discriminator step (real + fake pairs, one backward, optimizer step) as in training."""
-    torch.set_num_threads(threads)
+def _paired(step_a, step_b, iters: int, device) -> dict:
+    """Alternate a and b iters times (after warm-up); per-pair ratios b / a are robust to machine drift."""
+    for _ in range(2):
+        step_a(), step_b()
+    ratios, ta, tb = [], [], []
+    for _ in range(iters):
+        ta.append(_timed(lambda: (step_a(), _sync(device)), 1, warmup=0))
+        tb.append(_timed(lambda: (step_b(), _sync(device)), 1, warmup=0))
+        ratios.append(tb[-1] / ta[-1])
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+            "q25": float(np.quantile(ratios, 0.25)), "q75": float(np.quantile(ratios, 0.75)),
+            "sec_a": statistics.median(ta), "sec_b": statistics.median(tb), "pairs": iters}
+
+
+def _setup(mode: str, batch: int, device, width: int = 64):
+    """(G, D, optD, privacy strategy, real, fake) as train_dcgan.train builds them."""
     import train_dcgan
     from models import build_models
 
-    device = torch.device(device)
     torch.manual_seed(0)
-    G, D = build_models(100, 64, 64, 1, 32)
-    D = D.to(device)
+    G, D = build_models(100, width, width, 1, 32)
+    G, D = G.to(device), D.to(device)
     optD = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    real = torch.rand(batch, 1, 32, 32, device=device) * 2 - 1
-    fake = torch.rand(batch, 1, 32, 32, device=device) * 2 - 1
-    bce = torch.nn.BCEWithLogitsLoss()
-    privacy = None
-    D_np = copy.deepcopy(D)
-    opt_np = torch.optim.Adam(D_np.parameters(), lr=2e-4, betas=(0.5, 0.999))
-
-    def np_step():
-        opt_np.zero_grad(set_to_none=True)
-        train_dcgan.d_forward_backward(D_np, real, fake, bce)
-        opt_np.step()
-
     if mode == "non-private":
-        step = np_step
+        privacy = train_dcgan.NonPrivate(None)
     else:
         import train_dcgan_dp
 
@@ -94,21 +95,31 @@ def job_d_step(mode: str, batch: int, iters: int, device: str, threads: int) -> 
                                                                        "--grad-sample-mode", mode]))
         D, optD = privacy.make_private(D, optD, n_train=batch * 100, batch_size=batch, steps_per_epoch=100,
                                        total_steps=100)
+    real = torch.rand(batch, 1, 32, 32, device=device) * 2 - 1
+    fake = torch.rand(batch, 1, 32, 32, device=device) * 2 - 1
+    return G, D, optD, privacy, real, fake
 
-        def step():
-            privacy.d_step(D, optD, real, fake, bce)
+
+def job_d_step(mode: str, batch: int, iters: int, device: str, threads: int) -> dict:
+    """One discriminator step (real + fake pairs, one backward, optimizer step) as in training."""
+    torch.set_num_threads(threads)
+    import train_dcgan
+
+    device = torch.device(device)
+    bce = torch.nn.BCEWithLogitsLoss()
+    G, D, optD, privacy, real, fake = _setup(mode, batch, device)
+    _, D_np, opt_np, np_priv, _, _ = _setup("non-private", batch, device)
+
+    def step():
+        privacy.d_step(D, optD, real, fake, bce)
+
     start = _mem_start(device)
     sec = _timed(lambda: (step(), _sync(device)), iters)
     res = {"mode": mode, "batch": batch, "sec_per_step": sec, "images_per_s": batch / sec,
            "peak_extra_mb": _mem_extra(device, start)}
     if mode != "non-private":  # the ratio from alternating steps in one process: robust to machine drift
-        t_np, t_dp = [], []
-        for _ in range(iters):
-            t_np.append(_timed(lambda: (np_step(), _sync(device)), 1, warmup=0))
-            t_dp.append(_timed(lambda: (step(), _sync(device)), 1, warmup=0))
-        res["slowdown_paired"] = statistics.median(t_dp) / statistics.median(t_np)
+        res["slowdown_paired"] = _paired(lambda: np_priv.d_step(D_np, opt_np, real, fake, bce), step, iters, device)
     if mode == "hooks":  # lever: freezing D in the generator step (no per-sample work for D's parameters)
-        G = G.to(device)
         z = torch.randn(batch, 100, device=device)
 
         def g_step(freeze):
@@ -122,6 +133,30 @@ def job_d_step(mode: str, batch: int, iters: int, device: str, threads: int) -> 
         res["g_step_sec_d_frozen"] = _timed(lambda: (g_step(True), _sync(device)), iters)
         res["g_step_sec_d_not_frozen"] = _timed(lambda: (g_step(False), _sync(device)), iters)
     return res
+
+
+def job_train_step(k: int, batch: int, iters: int, device: str, threads: int, width: int = 64) -> dict:
+    """The loop's unit: k D steps (each with fresh fakes) and one G step, DP (ghost) vs non-private, alternating."""
+    torch.set_num_threads(threads)
+    import train_dcgan
+
+    device = torch.device(device)
+    bce = torch.nn.BCEWithLogitsLoss()
+
+    def unit(mode):
+        G, D, optD, privacy, real, _ = _setup(mode, batch, device, width)
+        optG = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
+
+        def run():
+            for _ in range(k):
+                with torch.no_grad():
+                    fake = G(torch.randn(batch, 100, device=device))
+                privacy.d_step(D, optD, real, fake, bce)
+            train_dcgan.g_step(G, D, optG, privacy, batch, 100, device, bce)
+        return run
+    r = _paired(unit("non-private"), unit("ghost"), iters, device)
+    return {"k": k, "batch": batch, "width": width, "sec_non_private": r["sec_a"], "sec_dp": r["sec_b"],
+            "slowdown_paired": r}
 
 
 def job_inception(weights: str, n: int, device: str, threads: int) -> dict:
@@ -182,6 +217,32 @@ def job_data(data: str, root, batch: int, iters: int, threads: int, cache_dir=No
     return {"data": imgs.source, "images": len(imgs), "cache_load_s": load_s, "batch_images_per_s": batch / sec}
 
 
+def _busy_loop():
+    while True:
+        pass
+
+
+def job_threads(width: int, steps: int, threads: str, busy: bool, tmp: str) -> dict:
+    """Seconds per training step of a short digits run (--threads as given), alone or beside a busy process."""
+    import train_dcgan
+
+    other = mp.get_context("spawn").Process(target=_busy_loop, daemon=True) if busy else None
+    if other is not None:
+        other.start()
+        time.sleep(1.0)
+    try:
+        args = train_dcgan.build_parser().parse_args(
+            ["--ngf", str(width), "--ndf", str(width), "--max-steps", str(steps), "--num-samples", "0",
+             "--no-progress", "--cache-dir", "", "--threads", threads, "--out", tmp])
+        res = train_dcgan.train(args)
+    finally:
+        if other is not None:
+            other.terminate()
+            other.join()
+    return {"width": width, "threads": threads, "busy_neighbour": busy, "sec_per_step": res["wall_s"] / res["steps"],
+            "threads_used": res["threads"]}
+
+
 def isolated(fn, *args):
     """Run fn(*args) in a fresh spawned process (clean peak memory, no state shared between jobs)."""
     with mp.get_context("spawn").Pool(1) as pool:
@@ -193,8 +254,8 @@ def build_parser():
     p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repetitions")
-    p.add_argument("--only", default="dstep,inception,memorization,data",
-                   help="comma-separated subset of: dstep, inception, memorization, data")
+    p.add_argument("--only", default="dstep,trainstep,threads,inception,memorization,data",
+                   help="comma-separated subset of: dstep, trainstep, threads, inception, memorization, data")
     p.add_argument("--batch-size", type=int, default=128, help="D-step batch (pairs of real + fake)")
     p.add_argument("--iters", type=int, default=None, help="timed repetitions (default 10, --quick 3)")
     p.add_argument("--data", default="celeba" if os.environ.get("CELEBA_ROOT") else "digits",
@@ -223,10 +284,37 @@ def bench(args) -> dict:
         base = rows[0]["sec_per_step"]
         for r in rows:
             r["slowdown_vs_non_private"] = r["sec_per_step"] / base
-            paired = f" (alternating in one process: x{r['slowdown_paired']:.2f})" if "slowdown_paired" in r else ""
-            print(f"D step {r['mode']:<12} {r['images_per_s']:8.1f} img/s  x{r['slowdown_vs_non_private']:.2f}{paired}  "
+            sp = r.get("slowdown_paired")
+            paired = f"  alternating: x{sp['median']:.2f} (range {sp['min']:.2f}-{sp['max']:.2f})" if sp else ""
+            print(f"D step {r['mode']:<12} {r['images_per_s']:8.1f} img/s  "
+                  f"x{r['slowdown_vs_non_private']:.2f}{paired}  "
                   f"peak +{r['peak_extra_mb']} MB")
         res["d_step"] = rows
+    if "trainstep" in only:
+        rows = [isolated(job_train_step, k, args.batch_size, iters, device, args.threads) for k in (1, 5)]
+        for r in rows:
+            sp = r["slowdown_paired"]
+            print(f"full step (K = {r['k']} D steps + 1 G step): DP {r['sec_dp']:.3f} s vs non-private "
+                  f"{r['sec_non_private']:.3f} s, x{sp['median']:.2f} (range {sp['min']:.2f}-{sp['max']:.2f})")
+        res["train_step"] = rows
+    if "threads" in only:
+        import tempfile
+
+        rows = []
+        for width in (8, 32):
+            for threads in ("auto", str(os.cpu_count() or 1)):
+                pair = {}
+                for busy in (False, True):
+                    with tempfile.TemporaryDirectory() as tmp:
+                        pair[busy] = isolated(job_threads, width, 60 if args.quick else 200, threads, busy,
+                                              str(Path(tmp) / "run"))
+                ratio = pair[True]["sec_per_step"] / pair[False]["sec_per_step"]
+                rows.append({"width": width, "threads": threads, "alone": pair[False], "beside_busy": pair[True],
+                             "slowdown_beside_busy": ratio})
+                print(f"training, ngf = ndf = {width}, --threads {threads}: "
+                      f"{pair[False]['sec_per_step'] * 1e3:.0f} ms/step alone, "
+                      f"{pair[True]['sec_per_step'] * 1e3:.0f} ms/step beside a busy process (x{ratio:.2f})")
+        res["threads"] = rows
     if "inception" in only:
         if args.inception_weights:
             r = isolated(job_inception, args.inception_weights, 64 if args.quick else 256, device, args.threads)

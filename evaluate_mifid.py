@@ -3,9 +3,12 @@
   python evaluate_mifid.py --gen outputs/RUN --real celeba --data-root ~/data/celeba
 
 --gen is a folder of images, an .npz of uint8 images, a generator checkpoint (generator.pt / ckpt.pt), or a run
-folder (its samples.npz, else its generator.pt). --real is celeba, folder:PATH or digits (decoded with the SAME
-transform as the generated images: their size and channel count), or a feature file written by --save-stats.
-The memorization reference of MiFID is the TRAIN split; the held-out FID uses --heldout-split.
+folder (its samples.npz, else its generator.pt). The real side is, by default, the images the run actually
+trained on (its training subset, included coin candidates and canaries; --train-of RUN names another run, e.g.
+to score held-out real images as a reference). Otherwise --real is celeba, folder:PATH or digits (the whole
+train split, decoded with the SAME transform as the generated images: their size and channel count), or a
+feature file written by --save-stats. The memorization reference of MiFID is that training set; the held-out
+FID uses --heldout-split (minus any inserted or coin-flipped image).
 Writes eval.json, nn_gallery.png and memorization_hist.png to --out. See metrics.py for exact definitions.
 """
 from __future__ import annotations
@@ -20,14 +23,17 @@ import torch
 
 import data as data_mod
 import metrics
-from utils import UserError, init_distributed, run_cli, write_json
+from utils import Threads, UserError, init_distributed, run_cli, write_json
 
 
 def build_parser():
     p = argparse.ArgumentParser(prog="evaluate_mifid.py", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter, epilog=__doc__)
     p.add_argument("--gen", required=True, help="image folder, .npz, generator checkpoint, or run folder")
-    p.add_argument("--real", default="celeba", help="celeba | folder:PATH | digits | FEATURES.npz (--save-stats)")
+    p.add_argument("--real", default=None, help="celeba | folder:PATH | digits | FEATURES.npz (--save-stats); "
+                   "default: the training set of the --gen (or --train-of) run")
+    p.add_argument("--train-of", default=None, metavar="RUN",
+                   help="use RUN's training images as the train set (default: --gen, when it is a run folder)")
     p.add_argument("--data-root", default=os.environ.get("CELEBA_ROOT"), help="CelebA root for --real celeba "
                    "(default $CELEBA_ROOT)")
     p.add_argument("--image-size", type=int, default=None, help="real-image size (default: the generated size)")
@@ -35,6 +41,8 @@ def build_parser():
     p.add_argument("--split-seed", type=int, default=0, help="as in training, for sources without partition file")
     p.add_argument("--random-split", action="store_true", help="CelebA: random split instead of the partition "
                    "file (use when training did)")
+    p.add_argument("--dedup-threshold", type=float, default=data_mod.DEDUP_THRESHOLD,
+                   help="near-duplicate grouping of the split, as in training (explicit --real only)")
     p.add_argument("--heldout-split", default="test", choices=["val", "test"])
     p.add_argument("--num-samples", type=int, default=10000, help="images to generate from a checkpoint")
     p.add_argument("--max-real", type=int, default=None, help="use at most this many train and held-out images each (seeded subsets)")
@@ -46,6 +54,7 @@ def build_parser():
     p.add_argument("--kid-subset-size", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=64, help="Inception batch size")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", default="auto", help="CPU threads: N, or auto = the cores other processes leave idle")
     p.add_argument("--cache-dir", default=data_mod.DEFAULT_CACHE_DIR, help="decoded-image and feature cache")
     p.add_argument("--save-stats", default=None, metavar="PATH.npz",
                    help="also save the real train/held-out features to PATH.npz (reusable as --real)")
@@ -84,16 +93,31 @@ def subset(idx: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
 
 def load_real_features(args, extractor, size, channels):
     """(train features, held-out features or None, train uint8 images or None, description)."""
-    if args.real.endswith(".npz") and Path(args.real).is_file():
+    if args.real and args.real.endswith(".npz") and Path(args.real).is_file():
         with np.load(args.real, allow_pickle=False) as z:
             if "train" not in z.files:
                 raise UserError(f"{args.real} has no 'train' features; write it with --save-stats")
             if str(z["weights_sha256"]) != extractor.sha256:
                 raise UserError(f"{args.real} was computed with other Inception weights; recompute it")
             return z["train"], (z["heldout"] if "heldout" in z.files else None), None, f"features {args.real}"
-    imgs = data_mod.load_images(args.real, args.data_root, size, channels, args.cache_dir or None, args.split_seed,
-                                random_split=args.random_split)
-    train_idx = subset(imgs.splits["train"], args.max_real, args.seed)
+    run = args.train_of or (args.gen if (Path(args.gen) / "config.json").is_file() else None)
+    if args.real is None and run is None:
+        raise UserError("give --real (celeba, folder:PATH, digits or a --save-stats file): --gen is not a training "
+                        "run folder, so there is no training set to default to (or name one with --train-of)")
+    if args.real is None:  # the run's own training images
+        from train_dcgan import run_training_data
+
+        td = run_training_data(Path(run), args.data_root, args.cache_dir)
+        imgs, train_all, special = td.imgs, torch.unique(td.index), td.special()
+        if imgs.images.shape[1:] != (channels, size, size):
+            raise UserError(f"{run} trained on {tuple(imgs.images.shape[1:])} images, the generated ones are "
+                            f"{(channels, size, size)}")
+        what = f"training set of {run}"
+    else:
+        imgs = data_mod.load_images(args.real, args.data_root, size, channels, args.cache_dir or None,
+                                    args.split_seed, random_split=args.random_split, dedup=args.dedup_threshold)
+        train_all, special, what = imgs.splits["train"], torch.zeros(0, dtype=torch.long), "train"
+    train_idx = subset(train_all, args.max_real, args.seed)
     from utils import sha256_json
 
     train_key = {"set": imgs.key, "split": "train", "idx": sha256_json(train_idx.tolist()), "size": size, "ch": channels}
@@ -101,26 +125,28 @@ def load_real_features(args, extractor, size, channels):
     train_f = metrics.cached_features(extractor, lambda: train_u8, train_key, args.cache_dir,
                                       desc=f"train features ({len(train_u8)})")
     held = imgs.splits.get(args.heldout_split)
-    held = None if held is None else subset(held, args.max_real, args.seed)
+    held = None if held is None else subset(held[~torch.isin(held, special)], args.max_real, args.seed)
     held_f = None
     if held is not None and len(held) > 1:
         held_key = {"set": imgs.key, "split": args.heldout_split, "idx": sha256_json(held.tolist()),
                     "size": size, "ch": channels}
         held_f = metrics.cached_features(extractor, lambda: imgs.images[held], held_key, args.cache_dir,
                                          desc=f"{args.heldout_split} features ({len(held)})")
-    return train_f, held_f, train_u8, f"{imgs.source} (train {len(train_u8)}, {args.heldout_split} " \
+    return train_f, held_f, train_u8, f"{imgs.source} ({what} {len(train_u8)}, {args.heldout_split} " \
                                       f"{0 if held is None else len(held)})"
 
 
 def evaluate(args) -> dict:
     t0 = time.time()
     rank, world, device = init_distributed(args.device)  # torchrun: Inception batches are sharded over ranks
+    threads = Threads(args.threads)
     gen_u8, gen_desc = load_gen(args.gen, args.num_samples, device)
     if len(gen_u8) < 2:
         raise UserError(f"need at least 2 generated images, got {len(gen_u8)}")
     size = args.image_size or gen_u8.shape[-1]
     channels = args.channels or gen_u8.shape[1]
-    extractor = metrics.InceptionFeatures(args.inception_weights, device, args.batch_size, args.strict_weights)
+    extractor = metrics.InceptionFeatures(args.inception_weights, device, args.batch_size, args.strict_weights,
+                                          threads=threads)
     train_f, held_f, train_u8, real_desc = load_real_features(args, extractor, size, channels)
     gen_f = extractor(gen_u8, desc=f"generated features ({len(gen_u8)})")
     if args.save_stats and rank == 0:

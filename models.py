@@ -65,6 +65,18 @@ class Discriminator(nn.Module):
         return self.main(x).flatten(1).squeeze(1)  # (N,) logits
 
 
+def freeze_first_convs(D: Discriminator, n: int) -> int:
+    """Stop training D's first n convolutions and their norms (they keep their current weights: the random
+    init, or --init-from's). Returns the number of parameters still trained."""
+    convs = 0
+    for m in D.main:
+        if isinstance(m, nn.Conv2d):
+            convs += 1
+        if convs and convs <= n and any(True for _ in m.parameters(recurse=False)):
+            m.requires_grad_(False)
+    return sum(p.numel() for p in D.parameters() if p.requires_grad)
+
+
 def init_weights(m: nn.Module) -> None:
     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
         nn.init.normal_(m.weight, 0.0, 0.02)

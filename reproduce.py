@@ -1,15 +1,24 @@
-"""Reproduce the README results table: non-private vs DP-SGD DCGANs, evaluated and audited, in one command.
+"""Reproduce the README results: memorization vs training-set size, non-private vs DP-SGD, in one command.
 
   python reproduce.py --data-root ~/data/celeba     # the study on CelebA (32px grayscale)
   python reproduce.py --quick                       # the same pipeline on the bundled digits, minutes on a CPU
+  python reproduce.py --levers --data-root ROOT     # the privacy-utility levers study (README table)
 
-Stages, for the non-private model and one DP-SGD model per --epsilons value (same data, seed, architecture,
-epochs and therefore step budget; each script's default learning rate):
-  1. train     train_dcgan.py / train_dcgan_dp.py with canaries          -> OUT/runs/<model>/
-  2. evaluate  evaluate_mifid.py (FID train/held-out, MiFID, KID, P/R)    -> OUT/runs/<model>/eval/
-  3. audit     audit.py (membership inference, exposure, epsilon bound)  -> OUT/runs/<model>/audit/
-  4. report    OUT/results.md, OUT/results.json and the plots: fid_vs_epsilon.png, memorization_hist.png,
-               samples.png (grids side by side), nn_galleries.png, roc.png, exposure.png
+The study. For each N in --train-sizes, 2N candidate images of the train split (one per near-duplicate group)
+each join the training set with probability 1/2 (a seeded coin): the training subset has about N images and
+every candidate is a trial of the one-run epsilon audit. On that subset it trains a non-private model and one
+DP-SGD model per --epsilons value, each with its script's default recipe and the SAME compute: D sees
+--budget real images (epochs = budget / N), so smaller N means more passes over the same images. Stages:
+  1. train      train_dcgan.py / train_dcgan_dp.py                  -> OUT/runs/n<N>-<model>/
+  2. evaluate   evaluate_mifid.py against the run's own training set -> OUT/runs/n<N>-<model>/eval/
+  3. audit      audit.py: membership inference, exposure, epsilon bounds -> OUT/runs/n<N>-<model>/audit/
+  4. reference  held-out real images (the val split) scored like a model's samples: the FID and d floor and the
+                precision/recall ceiling at that N                     -> OUT/reference/n<N>/
+  5. report     OUT/results.md, results.json and plots (memorization_vs_n.png, samples.png, nn_galleries.png,
+                fid_vs_epsilon.png, roc.png, one_run.png, exposure.png)
+
+The levers study (--levers) trains DP models with one lever at a time, and combinations, at a fixed budget on
+the CelebA subset, plus the non-private model of the same budget and a public pretraining run; OUT/levers.md.
 
 Idempotent and resumable: a finished stage whose settings match is reused; an interrupted training run
 resumes from its checkpoint; changing a setting reruns only the stages it affects.
@@ -32,11 +41,11 @@ from utils import UserError, read_json, run_cli, versions, write_json
 
 PRESETS = {
     # CelebA 32px grayscale with a random image split (membership audits need exchangeable members and
-    # non-members; the official split is identity-disjoint). Sized to run on a 2-core CPU in about an hour.
-    "full": {"data": "celeba", "epochs": 30, "batch_size": 64, "ngf": 32, "ndf": 32, "num_samples": 1000,
-             "max_real": None, "canaries": 5, "canary_repeats": "1,4,16", "epsilons": "8,1"},
-    "quick": {"data": "digits", "epochs": 6, "batch_size": 64, "ngf": 16, "ndf": 16, "num_samples": 200,
-              "max_real": 300, "canaries": 3, "canary_repeats": "1,4,16", "epsilons": "8,1"},
+    # non-members; the official split is identity-disjoint). Sized for a 2-core CPU.
+    "full": {"data": "celeba", "train_sizes": "250,1000,2300", "budget": 120_000, "num_samples": 1000,
+             "max_real": None, "canaries": 5, "canary_repeats": "1,4", "epsilons": "8,1"},
+    "quick": {"data": "digits", "train_sizes": "100,300", "budget": 30_000, "num_samples": 500,
+              "max_real": None, "canaries": 2, "canary_repeats": "1,4", "epsilons": "8"},
 }
 # The seed project's published numbers, kept as a row of the table (see SEED_NOTE).
 SEED_ROWS = [{"model": "seed project, non-private (reported)", "epsilon": None, "fid_train": 1.58, "mifid": 2460.0},
@@ -56,14 +65,17 @@ def build_parser():
     p = argparse.ArgumentParser(prog="reproduce.py", description=__doc__.split("\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="the quick preset (digits, minutes on a CPU)")
+    p.add_argument("--levers", action="store_true", help="the privacy-utility levers study instead of the study")
     p.add_argument("--data", default=None, help="celeba | folder:PATH | digits (default: the preset's)")
     p.add_argument("--data-root", default=os.environ.get("CELEBA_ROOT"), help="CelebA root (default $CELEBA_ROOT)")
+    p.add_argument("--public-root", default=os.environ.get("CELEBA_10K_ROOT"),
+                   help="--levers: public CelebA images for the warm start, minus every file name of --data-root "
+                        "(default $CELEBA_10K_ROOT)")
+    p.add_argument("--train-sizes", default=None, help="comma-separated N (full: 250,1000,2300)")
+    p.add_argument("--budget", type=int, default=None,
+                   help="real images D sees per model (the same compute at every N; epochs = budget / N)")
     p.add_argument("--epsilons", default=None, help="comma-separated target epsilons of the DP models (full: 8,1)")
     p.add_argument("--delta", type=float, default=1e-6)
-    p.add_argument("--epochs", type=int, default=None, help="epochs of every model (the same step budget)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--ngf", type=int, default=None)
-    p.add_argument("--ndf", type=int, default=None)
     p.add_argument("--num-samples", type=int, default=None, help="generated images per model for evaluation")
     p.add_argument("--max-real", type=int, default=None, help="cap on real train/held-out images in evaluation")
     p.add_argument("--canaries", type=int, default=None, help="canaries per repeat count (0: no exposure audit)")
@@ -71,9 +83,10 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--inception-weights", default=None, help="FID Inception weights (else $INCEPTION_WEIGHTS, ...)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", default="auto", help="CPU threads of every stage (see train_dcgan.py --threads)")
     p.add_argument("--cache-dir", default=os.environ.get("DCGAN_CACHE_DIR", "outputs/cache"),
                    help="decoded-image and feature cache ('' disables)")
-    p.add_argument("--out", default=None, help="study folder (default outputs/reproduce[-quick])")
+    p.add_argument("--out", default=None, help="study folder (default outputs/reproduce[-quick|-levers])")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -86,38 +99,90 @@ def settings(args) -> dict:
         if v is not None:
             s[k] = v
     s.update(data_root=args.data_root if s["data"] == "celeba" else None, delta=args.delta, seed=args.seed,
-             device=args.device, inception_weights=args.inception_weights, cache_dir=args.cache_dir)
+             device=args.device, threads=args.threads, inception_weights=args.inception_weights,
+             cache_dir=args.cache_dir, public_root=args.public_root)
     if s["data"] == "celeba" and not s["data_root"]:
         raise UserError("the full study trains on CelebA: pass --data-root (or set $CELEBA_ROOT), "
                         "or run --quick for the bundled digits")
-    try:
-        s["epsilon_list"] = [float(e) for e in str(s["epsilons"]).split(",") if e.strip()]
-    except ValueError:
-        raise UserError(f"--epsilons must be comma-separated numbers, got {s['epsilons']!r}") from None
-    if any(not e > 0 for e in s["epsilon_list"]):
-        raise UserError(f"--epsilons must be positive, got {s['epsilons']!r}")
+    s["epsilon_list"] = _numbers(s["epsilons"], "--epsilons", float)
+    s["size_list"] = [int(n) for n in _numbers(s["train_sizes"], "--train-sizes", int)]
+    if s["budget"] <= 0:
+        raise UserError(f"--budget must be positive, got {s['budget']}")
     return s
 
 
-def model_plan(s: dict, out: Path) -> list:
-    """[(name, script module, argv)] of the models of the study."""
-    common = ["--data", s["data"], "--image-size", "32", "--channels", "1", "--epochs", str(s["epochs"]),
-              "--batch-size", str(s["batch_size"]), "--ngf", str(s["ngf"]), "--ndf", str(s["ndf"]),
-              "--seed", str(s["seed"]), "--num-samples", str(s["num_samples"]), "--device", s["device"],
-              "--cache-dir", s["cache_dir"]]
+def _numbers(text, flag, kind):
+    try:
+        vals = [kind(e) for e in str(text).split(",") if e.strip()]
+    except ValueError:
+        raise UserError(f"{flag} must be comma-separated numbers, got {text!r}") from None
+    if not vals or any(not v > 0 for v in vals):
+        raise UserError(f"{flag} must be positive, got {text!r}")
+    return vals
+
+
+def common_argv(s: dict) -> list:
+    argv = ["--data", s["data"], "--image-size", "32", "--channels", "1", "--seed", str(s["seed"]),
+            "--num-samples", str(s["num_samples"]), "--device", s["device"], "--threads", str(s["threads"]),
+            "--cache-dir", s["cache_dir"]]
     if s["data"] == "celeba":
-        common += ["--data-root", str(s["data_root"]), "--random-split"]
-    if s["canaries"]:
-        common += ["--canaries", str(s["canaries"]), "--canary-repeats", str(s["canary_repeats"])]
-    plan = [("non-private", "train_dcgan", common + ["--out", str(out / "runs" / "non-private")])]
-    for e in s["epsilon_list"]:
-        name = f"dp-eps{e:g}"
-        plan.append((name, "train_dcgan_dp", common + ["--epsilon", f"{e:g}", "--delta", f"{s['delta']:g}",
-                                                       "--out", str(out / "runs" / name)]))
+        argv += ["--data-root", str(s["data_root"]), "--random-split"]
+    return argv
+
+
+WARM = ["--lr", "2e-5"]  # fine-tuning a pretrained GAN: small steps keep what it learned (levers study)
+
+
+def model_plan(s: dict, out: Path, public=None) -> list:
+    """[(size N, name, script module, argv)] of the models of the study. With ``public`` (the public pretraining
+    run), each size also gets a non-private and a DP (first epsilon) model fine-tuned from it with the DP
+    defaults' architecture and batch schedule, differing only in privacy."""
+    plan = []
+    for n in s["size_list"]:
+        argv = common_argv(s) + ["--train-size", str(n), "--coin-subset",
+                                 "--epochs", str(max(1, round(s["budget"] / n)))]
+        if s["canaries"]:
+            argv += ["--canaries", str(s["canaries"]), "--canary-repeats", str(s["canary_repeats"])]
+        plan.append((n, f"n{n}-non-private", "train_dcgan", argv + ["--out", str(out / "runs" / f"n{n}-non-private")]))
+        for e in s["epsilon_list"]:
+            name = f"n{n}-dp-eps{e:g}"
+            plan.append((n, name, "train_dcgan_dp", argv + ["--epsilon", f"{e:g}", "--delta", f"{s['delta']:g}",
+                                                            "--out", str(out / "runs" / name)]))
+        if public is not None:
+            warm = argv + dp_recipe_argv() + WARM + ["--init-from", str(public)]
+            e = s["epsilon_list"][0]
+            plan.append((n, f"n{n}-non-private-warm", "train_dcgan",
+                         warm + ["--out", str(out / "runs" / f"n{n}-non-private-warm")]))
+            plan.append((n, f"n{n}-dp-eps{e:g}-warm", "train_dcgan_dp",
+                         warm + ["--epsilon", f"{e:g}", "--delta", f"{s['delta']:g}",
+                                 "--out", str(out / "runs" / f"n{n}-dp-eps{e:g}-warm")]))
     return plan
 
 
-_VOLATILE = {"out", "resume", "no_progress", "device", "cache_dir"}  # do not change what a run computes
+def dp_recipe_argv() -> list:
+    """train_dcgan_dp.py's defaults as explicit flags (for a non-private run with the same recipe)."""
+    from train_dcgan_dp import DP_DEFAULTS
+
+    argv = []
+    for k, v in DP_DEFAULTS.items():
+        if k not in ("lr", "epochs"):
+            argv += [f"--{k.replace('_', '-')}", str(v)]
+    return argv
+
+
+def public_pretraining(s: dict, out: Path, ndf: int, no_progress: bool) -> Path:
+    """A non-private run on --public-root minus every file name of --data-root, shared by the studies (it
+    lives beside their folders, so reproduce.py and reproduce.py --levers train it once)."""
+    run = out.parent / f"public-pretraining-ndf{ndf}"
+    argv = [a if a != str(s["data_root"]) else str(s["public_root"]) for a in common_argv(s) if a != "--random-split"]
+    train_stage(f"public pretraining (ndf {ndf})", "train_dcgan",
+                argv + ["--ngf", "32", "--ndf", str(ndf), "--epochs", "20", "--exclude-from", str(s["data_root"]),
+                        "--out", str(run)], no_progress)
+    return run
+
+
+# ----------------------------------------------------------------------------- stages
+_VOLATILE = {"out", "resume", "no_progress", "device", "cache_dir", "threads"}  # do not change what a run computes
 
 
 def _stamp_ok(path: Path, stamp: dict) -> bool:
@@ -130,6 +195,9 @@ def train_stage(name, script, argv, no_progress) -> dict:
     mod = importlib.import_module(script)
     parse = mod.parse_args if hasattr(mod, "parse_args") else mod.build_parser().parse_args
     args = parse(argv + (["--no-progress"] if no_progress else []))
+    from train_dcgan import check_args
+
+    check_args(args)  # normalises as train() does, so the comparison below sees what the run recorded
     run = Path(args.out)
     want = {k: v for k, v in vars(args).items() if k not in _VOLATILE}
     if (run / "results.json").is_file() and (run / "config.json").is_file():
@@ -166,33 +234,56 @@ def _stage(name, what, module, fn, argv, out_dir: Path, result: str, inputs: dic
     return res
 
 
-def eval_stage(name, run: Path, s: dict) -> dict:
-    argv = ["--gen", str(run), "--real", s["data"], "--num-samples", str(s["num_samples"]),
-            "--device", s["device"], "--out", str(run / "eval"), "--seed", str(s["seed"]), "--cache-dir", s["cache_dir"]]
-    if s["data"] == "celeba":
-        argv += ["--data-root", str(s["data_root"]), "--random-split"]
+def _eval_argv(s: dict) -> list:
+    argv = ["--num-samples", str(s["num_samples"]), "--device", s["device"], "--threads", str(s["threads"]),
+            "--seed", str(s["seed"]), "--cache-dir", s["cache_dir"]]
     if s["max_real"]:
         argv += ["--max-real", str(s["max_real"])]
     if s["inception_weights"]:
         argv += ["--inception-weights", str(s["inception_weights"])]
+    return argv
+
+
+def eval_stage(name, run: Path, s: dict, train_of: Path | None = None) -> dict:
+    argv = ["--gen", str(run), "--out", str(run / "eval")] + _eval_argv(s)
+    if train_of is not None:  # score against another run's training set (a pretraining vs the private data)
+        argv += ["--train-of", str(train_of)]
     return _stage(name, "evaluation", "evaluate_mifid", "evaluate", argv, run / "eval", "eval.json",
                   {"samples": run / "samples.npz"})
 
 
 def audit_stage(name, run: Path, s: dict) -> dict:
-    argv = ["--run", str(run), "--device", s["device"], "--out", str(run / "audit"), "--seed", str(s["seed"]),
-            "--cache-dir", s["cache_dir"]]
+    argv = ["--run", str(run), "--device", s["device"], "--threads", str(s["threads"]), "--out", str(run / "audit"),
+            "--seed", str(s["seed"]), "--cache-dir", s["cache_dir"]]
     return _stage(name, "audit", "audit", "audit", argv, run / "audit", "audit.json",
                   {"ckpt": run / "ckpt.pt", "generator": run / "generator.pt", "samples": run / "samples.npz"})
 
 
+def reference_stage(n: int, run: Path, s: dict, out: Path) -> dict:
+    """Never-trained real images (the val split minus anything inserted) scored as if they were samples."""
+    from data import save_npz
+    from train_dcgan import run_training_data
+
+    ref_dir = out / "reference" / f"n{n}"
+    ref_dir.mkdir(parents=True, exist_ok=True)
+    td = run_training_data(run, cache_dir=s["cache_dir"])
+    val = td.imgs.splits["val"]
+    val = val[~torch.isin(val, td.special())]
+    npz = ref_dir / "heldout_real.npz"
+    if not npz.is_file() or len(np.load(npz)["images"]) != len(val):
+        save_npz(npz, td.imgs.images[val])
+    argv = ["--gen", str(npz), "--train-of", str(run), "--out", str(ref_dir / "eval")] + _eval_argv(s)
+    return _stage(f"n{n}-reference", "real-data reference", "evaluate_mifid", "evaluate", argv, ref_dir / "eval",
+                  "eval.json", {"images": npz, "config": run / "config.json"})
+
+
 def _stable(argv):
-    """argv without the flags that do not change results (device, cache), for stage stamps."""
+    """argv without the flags that do not change results (device, threads, cache), for stage stamps."""
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
-        elif a in ("--device", "--cache-dir"):
+        elif a in ("--device", "--cache-dir", "--threads"):
             skip = True
         else:
             out.append(a)
@@ -203,49 +294,63 @@ def _mtime(p: Path):
     return p.stat().st_mtime_ns if p.exists() else None
 
 
-def row(name, train_res, ev, au) -> dict:
-    wb, bb = au["attacks"]["white_box"], au["attacks"]["black_box"]
-    exposures = [e["max"] for a in au["attacks"].values() for e in a.get("exposure", {}).values()]
-    return {
-        "model": name, "epsilon": train_res.get("epsilon"), "target_epsilon": train_res.get("target_epsilon"),
-        "delta": train_res.get("delta"), "sigma": train_res.get("noise_multiplier"),
-        "epochs": train_res["epochs"], "steps": train_res["steps"], "n_train": train_res["n_train"],
-        "fid_train": ev["fid_train"], "fid_heldout": ev["fid_heldout"], "fid_gap": ev["fid_gap"],
-        "mifid": ev["mifid"], "memorization_d": ev["memorization_d"], "kid": ev["kid_mean"],
-        "precision": ev["precision"], "recall": ev["recall"], "n_gen": ev["n_gen"],
-        "mia_auc_white": wb["auc"], "mia_tpr_1pct_white": wb["tpr_at_fpr"]["0.01"],
-        "mia_auc_black": bb["auc"], "mia_tpr_1pct_black": bb["tpr_at_fpr"]["0.01"],
-        "max_exposure": max(exposures) if exposures else None,
-        "epsilon_lower_bound": max(wb["epsilon_lower_bound"]["epsilon_lb"], bb["epsilon_lower_bound"]["epsilon_lb"]),
-        "wall_s": {"train": train_res.get("wall_s"), "eval": ev.get("wall_s"), "audit": au.get("wall_s")},
-    }
+# ----------------------------------------------------------------------------- table
+def row(name, n, train_res, ev, au) -> dict:
+    r = {"model": name, "size": n, "epsilon": train_res.get("epsilon"),
+         "target_epsilon": train_res.get("target_epsilon"),
+         "delta": train_res.get("delta"), "sigma": train_res.get("noise_multiplier"),
+         "epochs": train_res["epochs"], "steps": train_res["steps"], "g_steps": train_res.get("g_steps"),
+         "n_train": train_res["n_train"], "wall_s": {"train": train_res.get("wall_s"), "eval": ev.get("wall_s"),
+                                                      "audit": au.get("wall_s") if au else None}}
+    r.update(eval_columns(ev))
+    if au:
+        att = au["attacks"]
+        wb, bb = att["white_box"], att.get("black_box_calibrated", att["black_box"])
+        exposures = [e["max"] for a in att.values() for e in a.get("exposure", {}).values()]
+        one_run = {k: a["one_run"] for k, a in att.items() if a.get("one_run")}
+        r.update({"mia_auc_white": wb["auc"], "mia_tpr_1pct_white": wb["tpr_at_fpr"]["0.01"],
+                  "mia_auc_black": bb["auc"], "mia_tpr_1pct_black": bb["tpr_at_fpr"]["0.01"],
+                  "mia_auc_black_raw": att["black_box"]["auc"],
+                  "max_exposure": max(exposures) if exposures else None,
+                  "epsilon_lb_heuristic": max(a["epsilon_lower_bound"]["epsilon_lb"] for a in att.values()),
+                  "epsilon_lb_one_run": max((o["epsilon_lb"] for o in one_run.values()), default=None),
+                  "one_run": {k: {f: o[f] for f in ("epsilon_lb", "r", "v", "m", "delta", "alpha")}
+                              for k, o in one_run.items()}})
+    return r
 
 
-COLUMNS = [("model", "model", None), ("ε", "epsilon", ".2f"), ("δ", "delta", ".0e"), ("σ", "sigma", ".3f"),
-           ("epochs", "epochs", "d"), ("steps", "steps", "d"), ("FID train", "fid_train", ".2f"),
-           ("FID held-out", "fid_heldout", ".2f"), ("MiFID", "mifid", ".2f"), ("mem. d", "memorization_d", ".4f"),
-           ("KID×1e3", "kid", "k"), ("precision", "precision", ".3f"), ("recall", "recall", ".3f"),
-           ("MIA AUC (D)", "mia_auc_white", ".3f"), ("TPR@1%FPR (D)", "mia_tpr_1pct_white", ".3f"),
-           ("MIA AUC (samples)", "mia_auc_black", ".3f"), ("max exposure (bits)", "max_exposure", ".2f"),
-           ("ε lower bound", "epsilon_lower_bound", ".2f")]
+def eval_columns(ev) -> dict:
+    return {"fid_train": ev["fid_train"], "fid_heldout": ev["fid_heldout"], "fid_gap": ev["fid_gap"],
+            "mifid": ev["mifid"], "memorization_d": ev["memorization_d"], "frac_below_eps": ev["fraction_below_eps"],
+            "kid": ev["kid_mean"], "precision": ev["precision"], "recall": ev["recall"], "n_gen": ev["n_gen"]}
+
+
+COLUMNS = [("N", "size", "d"), ("model", "model", None), ("train images", "n_train", "d"), ("ε", "epsilon", ".2f"),
+           ("σ", "sigma", ".2f"),
+           ("epochs", "epochs", "d"), ("D / G steps", "steps", "dg"), ("FID train", "fid_train", ".1f"),
+           ("FID held-out", "fid_heldout", ".1f"), ("MiFID", "mifid", ".1f"), ("d", "memorization_d", ".3f"),
+           ("d < 0.1", "frac_below_eps", ".1%"), ("precision", "precision", ".2f"), ("recall", "recall", ".2f"),
+           ("AUC white-box", "mia_auc_white", ".3f"), ("TPR@1%FPR white-box", "mia_tpr_1pct_white", ".3f"),
+           ("AUC black-box", "mia_auc_black", ".3f"), ("max exposure (bits)", "max_exposure", ".1f"),
+           ("ε_lb one-run", "epsilon_lb_one_run", ".2f"), ("ε_lb heuristic", "epsilon_lb_heuristic", ".2f")]
 
 
 def _cell(r, key, fmt):
     v = r.get(key)
-    if key == "epsilon" and v is None and not r["model"].startswith("seed"):
+    if key == "epsilon" and v is None and not r["model"].startswith(("seed", "real data")):
         return "∞"
     if v is None:
-        return "—"
+        return "n/a" if r["model"].startswith("real data") else "—"
     if isinstance(v, str) or fmt is None:
         return str(v)
-    if fmt == "k":
-        return f"{v * 1e3:.2f}"
+    if fmt == "dg":
+        return f"{v} / {r.get('g_steps', v)}"
     return format(v, fmt)
 
 
-def markdown_table(rows) -> str:
-    lines = ["| " + " | ".join(c for c, _, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(r, k, f) for _, k, f in COLUMNS) + " |" for r in rows]
+def markdown_table(rows, columns=COLUMNS) -> str:
+    lines = ["| " + " | ".join(c for c, _, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r, k, f) for _, k, f in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -264,7 +369,38 @@ def _finish(plt, fig, ax, path, xlabel, ylabel, title):
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _eps_label(r):
+    warm = ", public warm start" if r["model"].endswith("-warm") else ""
+    return ("non-private (ε = ∞)" if r["epsilon"] is None else f"DP, ε = {r['target_epsilon']:g}") + warm
+
+
+def plot_memorization_vs_n(rows, refs, path):
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    groups = {}
+    for r in rows:
+        groups.setdefault(_eps_label(r), []).append(r)
+    for i, (label, rs) in enumerate(groups.items()):
+        rs = sorted(rs, key=lambda r: r["size"])
+        for ax, key in zip(axes, ("mia_auc_white", "memorization_d", "fid_train")):
+            ax.plot([r["size"] for r in rs], [r.get(key) for r in rs], "o-", color=f"C{i}", label=label)
+    ref = sorted(refs, key=lambda r: r["size"])
+    for ax, key in zip(axes[1:], ("memorization_d", "fid_train")):
+        ax.plot([r["size"] for r in ref], [r[key] for r in ref], "s--", color="k", label="held-out real images")
+    axes[0].axhline(0.5, color="k", ls=":", lw=1, label="chance")
+    for ax, title in zip(axes, ("white-box membership AUC (higher: more memorization)",
+                                "memorization distance d (lower: closer to training images)",
+                                "FID vs the training set (lower: better)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("training-set size N")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -272,33 +408,38 @@ def _finish(plt, fig, ax, path, xlabel, ylabel, title):
 
 def plot_fid_vs_epsilon(rows, path):
     plt = _plt()
-    dp = sorted([r for r in rows if r["epsilon"] is not None], key=lambda r: r["epsilon"])
-    npv = next((r for r in rows if r["epsilon"] is None), None)
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label, c in (("fid_train", "FID vs train", "C0"), ("fid_heldout", "FID vs held-out", "C1")):
+    for i, n in enumerate(sorted({r["size"] for r in rows})):
+        scratch = [r for r in rows if r["size"] == n and not r["model"].endswith("-warm")]
+        dp = sorted([r for r in scratch if r["epsilon"] is not None], key=lambda r: r["epsilon"])
+        npv = next((r for r in scratch if r["epsilon"] is None), None)
         if dp:
-            ax.plot([r["epsilon"] for r in dp], [r[key] for r in dp], "o-", color=c, label=f"DP-SGD, {label}")
-        if npv is not None and npv[key] is not None:
-            ax.axhline(npv[key], color=c, ls="--", lw=1, label=f"non-private, {label}")
+            ax.plot([r["epsilon"] for r in dp], [r["fid_train"] for r in dp], "o-", color=f"C{i}", label=f"DP, N = {n}")
+        if npv is not None:
+            ax.axhline(npv["fid_train"], color=f"C{i}", ls="--", lw=1, label=f"non-private, N = {n}")
     ax.set_xscale("log")
-    _finish(plt, fig, ax, path, "ε (δ fixed; log scale)", "FID (lower is better)", "privacy–utility trade-off")
+    _finish(plt, fig, ax, path, "ε (δ fixed; log scale)", "FID vs training set (lower is better)",
+            "privacy–utility trade-off")
 
 
-def plot_image_panels(named_images: dict, path, title: str):
-    """One panel per model; each value is a PNG path or a uint8 (N, C, H, W) tensor (first 64 shown)."""
+def plot_image_panels(named_images: dict, path, title: str, ncols=None):
+    """One panel per entry; each value is a PNG path or a uint8 (N, C, H, W) tensor (first 64 shown)."""
     from torchvision.utils import make_grid
 
     plt = _plt()
     n = len(named_images)
-    fig, axes = plt.subplots(1, n, figsize=(4 * n, 4.4), squeeze=False)
-    for ax, (name, img) in zip(axes[0], named_images.items()):
+    ncols = ncols or n
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.9 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, (name, img) in zip(axes.flat, named_images.items()):
         if isinstance(img, (str, Path)):
             ax.imshow(plt.imread(str(img)))
         else:
             grid = make_grid(img[:64].float() / 255, nrow=8, padding=1, pad_value=1.0)
             ax.imshow(grid.permute(1, 2, 0).numpy().squeeze(), cmap="gray" if grid.shape[0] == 1 else None)
         ax.set_title(name, fontsize=9)
-        ax.set_axis_off()
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -321,14 +462,15 @@ def plot_galleries(named_paths: dict, path):
 def plot_exposure(named_audits: dict, path):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
+    m = None
     for i, (name, au) in enumerate(named_audits.items()):
         exp = au["attacks"]["white_box"].get("exposure") or {}
         if not exp:
             continue
         reps = sorted(exp, key=int)
-        ax.plot([int(r) for r in reps], [exp[r]["mean"] for r in reps], "o-", color=f"C{i}", label=name)
-    if ax.lines:
-        m = next(iter(named_audits.values()))["canaries"]["references"]
+        ax.plot([int(r) for r in reps], [exp[r]["mean"] for r in reps], "o-", color=f"C{i % 10}", label=name)
+        m = au["canaries"]["references"]
+    if m:
         ax.axhline(math.log2(m), color="k", ls=":", lw=1, label=f"maximum log2(M), M = {m}")
     ax.set_xscale("log", base=2)
     _finish(plt, fig, ax, path, "times each canary was repeated in training", "mean exposure (bits), white-box score",
@@ -344,23 +486,30 @@ def hardware(device) -> str:
 
 
 def reproduce(args) -> dict:
+    if args.levers:
+        return levers(args)
     t0 = time.time()
     s = settings(args)
     out = Path(args.out or ("outputs/reproduce-quick" if args.quick else "outputs/reproduce"))
     out.mkdir(parents=True, exist_ok=True)
-    plan = model_plan(s, out)
+    public = None
+    if s["public_root"] and s["data"] == "celeba":
+        from train_dcgan_dp import DP_DEFAULTS
+
+        public = public_pretraining(s, out, DP_DEFAULTS["ndf"], args.no_progress)
+    plan = model_plan(s, out, public)
     print(f"reproduce ({'quick' if args.quick else 'full'} preset) -> {out}")
-    for k in ("data", "data_root", "epochs", "batch_size", "ngf", "ndf", "epsilons", "delta", "num_samples",
-              "max_real", "canaries", "canary_repeats", "seed"):
+    for k in ("data", "data_root", "train_sizes", "budget", "epsilons", "delta", "num_samples", "max_real",
+              "canaries", "canary_repeats", "seed"):
         print(f"  {k:<15} {s[k]}")
 
-    rows, audits, scores, samples, galleries, evals = [], {}, {}, {}, {}, {}
-    for name, script, argv in plan:
+    rows, refs, audits, scores, samples, galleries, dists = [], [], {}, {}, {}, {}, {}
+    for n, name, script, argv in plan:
         run = out / "runs" / name
         train_res = train_stage(name, script, argv, args.no_progress)
         ev = eval_stage(name, run, s)
         au = audit_stage(name, run, s)
-        rows.append(row(name, train_res, ev, au))
+        rows.append(row(name, n, train_res, ev, au))
         audits[name] = au
         with np.load(run / "audit" / "scores.npz") as z:
             scores[name] = {k: z[k] for k in z.files}
@@ -368,56 +517,195 @@ def reproduce(args) -> dict:
 
         samples[name] = load_npz(run / "samples.npz")
         galleries[name] = run / "eval" / "nn_gallery.png"
-        evals[name] = np.load(run / "eval" / "nearest_distances.npy")
+        dists[name] = np.load(run / "eval" / "nearest_distances.npy")
+        if name.endswith("non-private"):
+            ref = reference_stage(n, run, s, out)
+            refs.append({"model": f"real data (held-out, N = {n})", "size": n, "epsilon": None, **eval_columns(ref)})
+            galleries[f"n{n}-real data (held-out)"] = out / "reference" / f"n{n}" / "eval" / "nn_gallery.png"
+            dists[f"n{n}-real data"] = np.load(out / "reference" / f"n{n}" / "eval" / "nearest_distances.npy")
 
+    from audit import plot_one_run, plot_roc
     from metrics import distance_histogram
 
+    smallest = min(s["size_list"])
+    at_small = lambda d: {k: v for k, v in d.items() if k.startswith(f"n{smallest}-")}  # noqa: E731
+    plot_memorization_vs_n(rows, refs, out / "memorization_vs_n.png")
     plot_fid_vs_epsilon(rows, out / "fid_vs_epsilon.png")
-    distance_histogram(evals, out / "memorization_hist.png", title="memorization distance: non-private vs DP")
-    plot_image_panels(samples, out / "samples.png", "samples (the same latent noise for every model)")
-    plot_galleries({k: v for k, v in galleries.items() if v.is_file()}, out / "nn_galleries.png")
-    from audit import plot_roc
-
-    plot_roc(scores, out / "roc.png")
+    distance_histogram(at_small(dists), out / "memorization_hist.png",
+                       title=f"memorization distance at N = {smallest}: models vs held-out real images")
+    plot_image_panels(samples, out / "samples.png", "samples (the same latent noise for every model)",
+                      ncols=len(plan) // len(s["size_list"]))
+    plot_galleries({k: v for k, v in at_small(galleries).items() if v.is_file()}, out / "nn_galleries.png")
+    plot_roc(at_small(scores), out / "roc.png")
+    plot_one_run(audits, out / "one_run.png")
     plot_exposure(audits, out / "exposure.png")
 
     from utils import pick_device
 
     device = pick_device(s["device"])
     compute_s = sum(v or 0 for r in rows for v in r["wall_s"].values())
-    first_eval = read_json(out / "runs" / plan[0][0] / "eval" / "eval.json")
-    result = {"settings": {k: v for k, v in s.items() if k != "epsilon_list"}, "rows": rows, "seed_rows": SEED_ROWS,
-              "hardware": hardware(device), "versions": versions(), "compute_s": round(compute_s, 1),
-              "this_invocation_s": round(time.time() - t0, 1), "data": first_eval["real"],
-              "inception": first_eval["inception"]}
+    table = [r for n in s["size_list"] for r in refs + rows if r["size"] == n]
+    first_eval = read_json(out / "runs" / plan[0][1] / "eval" / "eval.json")
+    result = {"settings": {k: v for k, v in s.items() if not k.endswith("_list")}, "rows": rows, "reference_rows": refs,
+              "seed_rows": SEED_ROWS, "hardware": hardware(device), "versions": versions(),
+              "compute_s": round(compute_s, 1), "this_invocation_s": round(time.time() - t0, 1),
+              "data": first_eval["real"], "inception": first_eval["inception"]}
     write_json(out / "results.json", result)
-    (out / "results.md").write_text(render_markdown(result, args))
-    print(markdown_table(rows + SEED_ROWS))
+    (out / "results.md").write_text(render_markdown(result, table, args))
+    print(markdown_table(table))
     print(f"wrote {out / 'results.md'}, results.json and plots "
           f"(compute {compute_s / 60:.1f} min in total, this invocation {result['this_invocation_s'] / 60:.1f} min)")
     return result
 
 
-def render_markdown(res: dict, args) -> str:
+# ----------------------------------------------------------------------------- the levers study
+# Every run: the CelebA subset at 32px grayscale, --random-split, delta = 1e-6, ngf = 32. "Old recipe" pins the
+# earlier DP defaults (D sees 30 epochs, the compute of the old study's DP runs); each lever changes one thing;
+# the best combinations are train_dcgan_dp.py's defaults, without and with the public warm start.
+OLD_RECIPE = ["--lr", "5e-5", "--batch-size", "64", "--beta1", "0.5", "--ndf", "32", "--freeze-d", "0",
+              "--d-steps", "1", "--adaptive-d-steps", "0", "--g-steps", "1", "--g-batch-size", "64", "--ema-decay", "0",
+              "--epochs", "30"]
+LEVERS = [  # (name, epsilon, DP arguments; "@public" = --init-from the public pretraining of the same width)
+    ("old recipe", 8, OLD_RECIPE),
+    ("K = 5 D steps per G step", 8, OLD_RECIPE + ["--d-steps", "5"]),
+    ("adaptive K (acc <= 0.6)", 8, OLD_RECIPE + ["--adaptive-d-steps", "0.6", "--adaptive-grace", "20"]),
+    ("G EMA 0.999", 8, OLD_RECIPE + ["--ema-decay", "0.999"]),
+    ("batch 512, lr 2e-4", 8, OLD_RECIPE + ["--batch-size", "512", "--lr", "2e-4"]),
+    ("fewer trained D weights (ndf 16, 2 convs frozen)", 8, OLD_RECIPE + ["--ndf", "16", "--freeze-d", "2"]),
+    ("public warm start", 8, OLD_RECIPE + ["@public"] + WARM),
+    ("best, no public data (the DP defaults)", 8, []),
+    ("best + public warm start", 8, ["@public"] + WARM + ["--epochs", "30"]),
+    ("best, no public data (the DP defaults)", 1, []),
+    ("best + public warm start", 1, ["@public"] + WARM + ["--epochs", "30"]),
+]
+
+
+def levers(args) -> dict:
+    t0 = time.time()
+    s = settings(args)
+    if s["data"] != "celeba":
+        raise UserError("--levers runs on CelebA: pass --data-root (the private set) and --public-root")
+    out = Path(args.out or "outputs/reproduce-levers")
+    common = common_argv(s) + ["--ngf", "32"]
+    s["max_real"] = None
+    print(f"levers study -> {out}")
+    rows, samples = [], {}
+
+    def run_model(name, script, argv, train_of=None):
+        """Train (unless script is None: argv is then a finished run), evaluate, add the row."""
+        run = argv if script is None else Path(argv[argv.index("--out") + 1])
+        res = read_json(run / "results.json") if script is None else train_stage(name, script, argv, args.no_progress)
+        ev = eval_stage(name, run, s, train_of)
+        cfg = read_json(run / "config.json")["args"]
+        rows.append({"model": name, "epsilon": res.get("epsilon"), "target_epsilon": res.get("target_epsilon"),
+                     "sigma": res.get("noise_multiplier"), "steps": res["steps"], "g_steps": res.get("g_steps"),
+                     "k_final": res.get("k_final"), "batch": cfg["batch_size"], "lr": cfg["lr"], "beta1": cfg["beta1"],
+                     "ema": cfg["ema_decay"], "train_min": res["wall_s"] / 60,
+                     "command": _command(script, argv) if script else _command("train_dcgan", cfg_argv(run)),
+                     **eval_columns(ev)})
+        from data import load_npz
+
+        label = name if res.get("epsilon") is None else f"{name}, ε = {res['target_epsilon']:g}"
+        samples[label] = load_npz(run / "samples.npz")
+
+    public = {}  # ndf -> the public pretraining run of that discriminator width
+    for i, (name, eps, extra) in enumerate(LEVERS):
+        argv = common + ["--epsilon", f"{eps:g}", "--delta", f"{s['delta']:g}"] + [a for a in extra if a != "@public"]
+        ndf = _value(argv, "--ndf", _dp_default("ndf"))
+        if "@public" in extra:
+            if not s["public_root"]:
+                raise UserError("the levers study needs public pretraining data: pass --public-root (e.g. "
+                                "../shared/data/celeba-10k-89x109) or set $CELEBA_10K_ROOT")
+            if ndf not in public:
+                public[ndf] = public_pretraining(s, out, ndf, args.no_progress)
+            argv += ["--init-from", str(public[ndf])]
+        if i == 0:  # the non-private model of the old study's budget, for comparison
+            run_model("non-private, 30 epochs", "train_dcgan", common + ["--epochs", "30", "--out",
+                                                                          str(out / "runs" / "non-private")])
+        run_model(name, "train_dcgan_dp", argv + ["--out", str(out / "runs" / f"{i:02d}-eps{eps:g}")])
+    for ndf, run in public.items():  # the pretrained models themselves, scored against the private training set
+        run_model(f"public pretraining only, ndf {ndf} (no private data)", None, run,
+                  train_of=out / "runs" / "non-private")
+    plot_image_panels(samples, out / "samples.png", "samples of every levers run", ncols=5)
+    from utils import pick_device
+
+    result = {"settings": {k: v for k, v in s.items() if not k.endswith("_list")}, "rows": rows,
+              "hardware": hardware(pick_device(s["device"])), "versions": versions(),
+              "this_invocation_s": round(time.time() - t0, 1)}
+    write_json(out / "levers.json", result)
+    cols = [("run", "model", None), ("ε", "epsilon", ".2f"), ("σ", "sigma", ".2f"), ("batch", "batch", "d"),
+            ("lr", "lr", "g"), ("β1", "beta1", "g"), ("EMA", "ema", "g"), ("D / G steps", "steps", "dg"),
+            ("K at end", "k_final", "d"), ("FID train", "fid_train", ".1f"), ("precision", "precision", ".2f"),
+            ("recall", "recall", ".2f"), ("train min", "train_min", ".1f")]
+    md = "\n".join([markdown_table(rows, cols), "", "Commands:", ""] +
+                    [f"- {r['model']}: `{r['command']}`" for r in rows])
+    (out / "levers.md").write_text(md + "\n")
+    print(markdown_table(rows, cols))
+    print(f"wrote {out / 'levers.md'}, levers.json, samples.png ({(time.time() - t0) / 60:.1f} min this invocation)")
+    return result
+
+
+def cfg_argv(run: Path) -> list:
+    """A finished run's arguments as a command line (for the levers table)."""
+    a = read_json(run / "config.json")["args"]
+    out = []
+    for k in ("data", "data_root", "exclude_from", "ngf", "ndf", "epochs", "batch_size", "lr"):
+        if a.get(k) is not None:
+            out += [f"--{k.replace('_', '-')}", str(a[k])]
+    return out
+
+
+def _value(argv, flag, default):
+    """The last value given for ``flag`` in argv (as the parser would take it), else ``default``."""
+    idx = [i for i, a in enumerate(argv) if a == flag]
+    return type(default)(argv[idx[-1] + 1]) if idx else default
+
+
+def _dp_default(key):
+    from train_dcgan_dp import DP_DEFAULTS
+
+    return DP_DEFAULTS[key]
+
+
+def _command(script, argv) -> str:
+    drop = {"--device", "--threads", "--cache-dir", "--num-samples"}
+    keep, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in drop:
+            skip = True
+        else:
+            keep.append(shlex.quote(a))
+    return f"python {script}.py " + " ".join(keep)
+
+
+def render_markdown(res: dict, table, args) -> str:
     s = res["settings"]
     cmd = " ".join(["python reproduce.py"] + [shlex.quote(a) for a in getattr(args, "argv", [])])
     md = [f"# Results ({'quick preset' if args.quick else 'full study'})", "",
           f"Command: `{cmd}` (see results.json for every setting). Data: {res['data']}. "
           f"Hardware: {res['hardware']}. Compute: {res['compute_s'] / 60:.1f} min for all stages.", "",
-          markdown_table(res["rows"] + SEED_ROWS), "",
-          f"All models: 32px grayscale, {s['epochs']} epochs at batch {s['batch_size']} (the same step budget), "
-          f"ngf = {s['ngf']}, ndf = {s['ndf']}, seed {s['seed']}, {s['canaries']} canaries for each repeat count "
-          f"{s['canary_repeats']}. FID/MiFID/KID/precision/recall on Inception-v3 pool3 (2048-d) features of "
-          f"{res['rows'][0]['n_gen']} generated images; MiFID ε_mem = 0.1, Kaggle direction. ε is the spent "
-          "budget reported by the accountant (PRV); the ε lower bound is the empirical one from the stronger "
-          "attack (Clopper–Pearson, 95%).", "",
-          "## The seed project's numbers", "", SEED_NOTE, "",
+          markdown_table(table), "",
+          f"Every model: 32px grayscale, the default recipe of its script, D sees {s['budget']:,} real images "
+          f"(epochs = budget / N); training subsets of N = {s['train_sizes']} drawn by coins from 2N candidates "
+          f"(every candidate is a trial of the one-run ε bound); {s['canaries']} canaries for each repeat count "
+          f"{s['canary_repeats']}. FID/MiFID/precision/recall on Inception-v3 pool3 features of "
+          f"{res['rows'][0]['n_gen']} generated images against the run's own training set; MiFID ε_mem = 0.1, "
+          "Kaggle direction. Real-data rows: held-out (val) images scored like samples. ε is the spent budget "
+          "(PRV accountant); ε_lb one-run: Steinke et al. (2023), 95% confidence; the black-box AUC is the "
+          "calibrated attack.", "",
+          "## The seed project's numbers", "", markdown_table(SEED_ROWS, [c for c in COLUMNS if c[1] in
+                                                                          ("model", "fid_train", "mifid")]), "",
+          SEED_NOTE, "",
           "## Plots", "",
+          "- memorization vs N: ![](memorization_vs_n.png)",
           "- privacy–utility: ![](fid_vs_epsilon.png)",
-          "- memorization distances: ![](memorization_hist.png)",
           "- samples side by side: ![](samples.png)",
-          "- nearest-neighbour galleries: ![](nn_galleries.png)",
-          "- membership inference ROC: ![](roc.png)",
+          "- nearest-neighbour galleries at the smallest N: ![](nn_galleries.png)",
+          "- memorization distances at the smallest N: ![](memorization_hist.png)",
+          "- membership inference ROC at the smallest N: ![](roc.png)",
+          "- one-run ε lower bound: ![](one_run.png)",
           "- canary exposure: ![](exposure.png)", ""]
     return "\n".join(md)
 

@@ -1,24 +1,27 @@
 """Train a DCGAN (GroupNorm) on CelebA, an image folder, or the embedded digits set.
 
-This file holds the ONE training loop of the toolkit. ``train_dcgan_dp.py`` calls :func:`train` with a
-privacy object that wraps the discriminator in Opacus; everything else (data, sampling of batches,
-checkpoints, logs, grids, samples) is shared.
+This file holds the ONE training loop of the toolkit. A training step is a discriminator (D) step; after
+every K of them (``--d-steps``, or the adaptive schedule ``--adaptive-d-steps``) comes one generator (G)
+step. How D is updated is a strategy object: :class:`NonPrivate` here, ``train_dcgan_dp.DPPrivacy``
+(DP-SGD with Opacus) in train_dcgan_dp.py, with the same interface, so the loop has no privacy branches.
 
 Run artefacts in ``--out`` (default outputs/<run-name>/):
-  config.json        all arguments, library versions and the device
-  ckpt.pt            atomic checkpoint (G, D, optimizers, step, RNG states, privacy ledger)
-  log.jsonl          one JSON record per step (losses, D(x), D(G(z)), epsilon for DP) + per-epoch records
-  loss_curve.png     losses (and epsilon for DP) against steps
-  grids/epoch_NNN.png  64 samples from a fixed noise batch after every epoch
-  generator.pt       final generator weights + the config needed to rebuild it
+  config.json        all arguments, library versions, the device, data sizes (and the privacy settings)
+  ckpt.pt            atomic checkpoint (G, its EMA, D, optimizers, D/G step counts, schedule, RNG, privacy ledger)
+  log.jsonl          one JSON record per D step (losses, D(x), D(G(z)), K, epsilon for DP) + per-epoch records
+  loss_curve.png     losses (and epsilon, K) against D steps
+  grids/epoch_NNN.png  64 samples of the released generator (the EMA, if any) from a fixed noise batch
+  generator.pt       the released generator (EMA weights with --ema-decay) + the config to rebuild it
   samples.npz        --num-samples generated uint8 images (N, C, H, W), for evaluate_mifid.py
   results.json       steps, time, images/s, final losses (+ epsilon, delta, sigma, ... for DP)
   canaries.json      with --canaries: which held-out images were inserted and how often (read by audit.py)
+  coins.json         with --coin-subset / --audit-canaries: the audit candidates and their coins (audit.py)
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import math
 import os
@@ -32,17 +35,29 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import data as data_mod
-from models import build_models
-from utils import (UserError, all_gather, atomic_torch_save, average_grads, broadcast_params, init_distributed,
-                   run_cli, safe_load, state_hash, versions, write_json)
+from models import build_models, freeze_first_convs
+from utils import (Threads, UserError, all_gather, atomic_torch_save, average_grads, broadcast_params,
+                   init_distributed, read_json, run_cli, safe_load, sha256_file, state_hash, versions, write_json)
 
 # Arguments that must not change when a run is resumed (everything that shapes the trajectory).
 RESUME_LOCKED = ("data", "data_root", "image_size", "channels", "nz", "ngf", "ndf", "batch_size", "lr",
-                 "beta1", "seed", "split_seed", "random_split", "canaries", "canary_repeats", "canary_split",
-                 "canary_seed")
+                 "beta1", "seed", "split_seed", "random_split", "dedup_threshold", "exclude_from", "canaries",
+                 "canary_repeats", "canary_split", "canary_seed", "train_size", "coin_subset", "audit_canaries",
+                 "subset_seed", "d_steps", "g_steps", "g_batch_size", "freeze_d", "adaptive_d_steps", "adaptive_grace",
+                 "ema_decay", "init_from")
+# The value a locked argument had before it existed: checkpoints written earlier resume only if it still holds.
+LOCKED_BEFORE = {"dedup_threshold": None, "exclude_from": None, "train_size": None, "coin_subset": False,
+                 "audit_canaries": 0, "subset_seed": 0, "d_steps": 1, "g_steps": 1, "g_batch_size": None, "freeze_d": 0,
+                 "adaptive_d_steps": None,
+                 "adaptive_grace": 50, "ema_decay": 0.0, "init_from": None}
+D_STEP_LADDER = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)  # Bie et al.'s adaptive schedule
 
 
-def build_parser(prog="train_dcgan.py", description=None, default_lr=2e-4) -> argparse.ArgumentParser:
+def build_parser(prog="train_dcgan.py", description=None, defaults=None) -> argparse.ArgumentParser:
+    """The shared parser; ``defaults`` overrides per script (train_dcgan_dp.py has its own recipe)."""
+    d = {"epochs": 60, "batch_size": 64, "lr": 5e-4, "ngf": 32, "ndf": 32, "d_steps": 1, "g_steps": 1,
+         "g_batch_size": None, "freeze_d": 0, "adaptive_d_steps": None, "adaptive_grace": 50, "ema_decay": 0.999,
+         **(defaults or {})}
     p = argparse.ArgumentParser(prog=prog, description=description or __doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
@@ -54,16 +69,48 @@ def build_parser(prog="train_dcgan.py", description=None, default_lr=2e-4) -> ar
     g.add_argument("--split-seed", type=int, default=0, help="seed of the 80/10/10 split when no partition file")
     g.add_argument("--random-split", action="store_true", help="CelebA: ignore list_eval_partition.txt and split "
                    "images at random (seeded 80/10/10); needed for membership audits (see audit.py)")
+    g.add_argument("--dedup-threshold", type=float, default=data_mod.DEDUP_THRESHOLD,
+                   help="photo sources: images whose 32px grayscale pixels correlate at >= this are one "
+                        "near-duplicate group, never separated by a split, subset or coin (0 disables)")
+    g.add_argument("--exclude-from", default=None, metavar="ROOT",
+                   help="drop images whose file name also appears under ROOT (e.g. public pretraining data "
+                        "disjoint by name from a private set)")
+    g.add_argument("--train-size", type=int, default=None, metavar="N",
+                   help="train on N images of the train split (a seeded subset, one per near-duplicate group)")
+    g.add_argument("--coin-subset", action="store_true",
+                   help="with --train-size N: draw 2N candidates and include each with probability 1/2 (a seeded "
+                        "coin, recorded in coins.json); every candidate is a trial of audit.py's one-run bound")
+    g.add_argument("--subset-seed", type=int, default=0, help="seed of --train-size, --coin-subset, --audit-canaries")
     g.add_argument("--cache-dir", default=data_mod.DEFAULT_CACHE_DIR, help="decoded-image cache ('' disables)")
     g = p.add_argument_group("model and optimisation")
-    g.add_argument("--epochs", type=int, default=5)
-    g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in total")
-    g.add_argument("--batch-size", type=int, default=128)
-    g.add_argument("--lr", type=float, default=default_lr, help="Adam learning rate (G and D)")
+    g.add_argument("--epochs", type=int, default=d["epochs"], help="passes over the data as seen by D")
+    g.add_argument("--max-steps", type=int, default=None, help="stop after this many D steps in total")
+    g.add_argument("--batch-size", type=int, default=d["batch_size"],
+                   help="(expected) real images per D step; also the G step's batch of fakes")
+    g.add_argument("--lr", type=float, default=d["lr"], help="Adam learning rate (G and D)")
     g.add_argument("--beta1", type=float, default=0.5, help="Adam beta1")
     g.add_argument("--nz", type=int, default=100, help="latent size")
-    g.add_argument("--ngf", type=int, default=64, help="generator width")
-    g.add_argument("--ndf", type=int, default=64, help="discriminator width")
+    g.add_argument("--ngf", type=int, default=d["ngf"], help="generator width")
+    g.add_argument("--ndf", type=int, default=d["ndf"], help="discriminator width")
+    g.add_argument("--d-steps", type=int, default=d["d_steps"], metavar="K",
+                   help="D steps (each on its own batch) per G step; the first K of --adaptive-d-steps")
+    g.add_argument("--adaptive-d-steps", type=float, default=d["adaptive_d_steps"], metavar="ACC",
+                   help="raise K along 1, 2, 5, 10, 20, 50, ... whenever D's accuracy on fresh fakes (EMA 0.99, "
+                        "no real data) is <= ACC after --adaptive-grace G steps at the current K (Bie et al. "
+                        "2023); 0: off")
+    g.add_argument("--adaptive-grace", type=int, default=d["adaptive_grace"], help="G steps between two changes of K")
+    g.add_argument("--g-steps", type=int, default=d["g_steps"], metavar="M",
+                   help="G steps each time G's turn comes (each on fresh noise; no real data, so no privacy cost)")
+    g.add_argument("--g-batch-size", type=int, default=d["g_batch_size"],
+                   help="fakes per G step (default: --batch-size)")
+    g.add_argument("--freeze-d", type=int, default=d["freeze_d"], metavar="F",
+                   help="do not train D's first F convolutions (and their norms): they keep their random init (or "
+                        "--init-from's weights); fewer trained parameters means less DP noise")
+    g.add_argument("--ema-decay", type=float, default=d["ema_decay"],
+                   help="exponential moving average of G's weights (0: off); the EMA is the released generator")
+    g.add_argument("--init-from", default=None, metavar="RUN",
+                   help="start G and D from another run's weights (not its optimizers or privacy ledger), e.g. a "
+                        "non-private pretraining on public data")
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("canaries (memorization audit, see audit.py)")
     g.add_argument("--canaries", type=int, default=0, metavar="K",
@@ -71,13 +118,18 @@ def build_parser(prog="train_dcgan.py", description=None, default_lr=2e-4) -> ar
     g.add_argument("--canary-repeats", type=_int_list, default=[1], metavar="R[,R...]",
                    help="how often each canary is repeated in training, e.g. 1,4,16 (K canaries for each)")
     g.add_argument("--canary-split", default="val", choices=["val", "test"],
-                   help="held-out split the canaries (and audit.py's exposure references) come from")
+                   help="held-out split the canaries, audit canaries (and exposure references) come from")
     g.add_argument("--canary-seed", type=int, default=0)
+    g.add_argument("--audit-canaries", type=int, default=0, metavar="M",
+                   help="M candidates of --canary-split, each included once with probability 1/2 (seeded coins "
+                        "in coins.json): trials of audit.py's one-run epsilon bound")
     g = p.add_argument_group("run")
     g.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
+    g.add_argument("--threads", default="auto",
+                   help="CPU threads: N, or auto = the cores other processes leave idle (re-measured)")
     g.add_argument("--out", default=None, help="run folder (default outputs/<run-name>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    g.add_argument("--ckpt-every", type=int, default=0, help="checkpoint every N steps (0: every epoch)")
+    g.add_argument("--ckpt-every", type=int, default=0, help="checkpoint every N D steps (0: every epoch)")
     g.add_argument("--num-samples", type=int, default=10000, help="images written to samples.npz at the end")
     g.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     return p
@@ -99,19 +151,45 @@ def default_out(args, private: bool) -> Path:
 
 
 def check_args(args) -> None:
-    for k in ("epochs", "batch_size", "nz", "ngf", "ndf"):
+    for k in ("epochs", "batch_size", "nz", "ngf", "ndf", "d_steps", "g_steps", "adaptive_grace"):
         if getattr(args, k) <= 0:
             raise UserError(f"--{k.replace('_', '-')} must be positive, got {getattr(args, k)}")
     if args.lr <= 0:
         raise UserError(f"--lr must be positive, got {args.lr}")
     if not 0 <= args.beta1 < 1:
         raise UserError(f"--beta1 must be in [0, 1), got {args.beta1}")
+    if not 0 <= args.ema_decay < 1:
+        raise UserError(f"--ema-decay must be in [0, 1) (0 disables), got {args.ema_decay}")
+    if args.adaptive_d_steps is not None and not 0 <= args.adaptive_d_steps < 1:
+        raise UserError(f"--adaptive-d-steps is an accuracy threshold in (0, 1) (0: off), got {args.adaptive_d_steps}")
+    if args.adaptive_d_steps == 0:
+        args.adaptive_d_steps = None
     if args.max_steps is not None and args.max_steps <= 0:
         raise UserError(f"--max-steps must be positive, got {args.max_steps}")
     if args.num_samples < 0:
         raise UserError("--num-samples must be >= 0")
-    if args.canaries < 0:
-        raise UserError(f"--canaries must be >= 0, got {args.canaries}")
+    if args.canaries < 0 or args.audit_canaries < 0:
+        raise UserError("--canaries and --audit-canaries must be >= 0")
+    if args.train_size is not None and args.train_size <= 0:
+        raise UserError(f"--train-size must be positive, got {args.train_size}")
+    n_convs = int(math.log2(args.image_size)) - 1
+    if not 0 <= args.freeze_d < n_convs:
+        raise UserError(f"--freeze-d must be in [0, {n_convs - 1}] (D has {n_convs} convolutions and the last is "
+                        f"always trained), got {args.freeze_d}")
+    if args.g_batch_size is not None and args.g_batch_size <= 0:
+        raise UserError(f"--g-batch-size must be positive, got {args.g_batch_size}")
+    if args.coin_subset and args.train_size is None:
+        raise UserError("--coin-subset needs --train-size N (it draws 2N candidates)")
+
+
+# ----------------------------------------------------------------------------- training data
+def _seeded_perm(n: int, seed: int) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).permutation(n))
+
+
+def coin_flips(n: int, seed: int) -> torch.Tensor:
+    """n independent fair coins (True = included), from a dedicated seeded generator."""
+    return torch.from_numpy(np.random.default_rng([seed, 0xC01]).random(n) < 0.5)
 
 
 def canary_plan(imgs, k: int, repeats, split: str, seed: int) -> dict:
@@ -122,37 +200,118 @@ def canary_plan(imgs, k: int, repeats, split: str, seed: int) -> dict:
     if need > len(pool) - 2:
         raise UserError(f"--canaries {k} x {len(repeats)} repeat counts needs {need} images, but the {split} "
                         f"split has {len(pool)} (and must keep at least 2 as references); use fewer canaries")
-    chosen = pool[torch.from_numpy(np.random.default_rng(seed).permutation(len(pool))[:need])]
+    chosen = pool[_seeded_perm(len(pool), seed)[:need]]
     return {"split": split, "seed": seed, "indices": chosen.tolist(), "names": [imgs.names[i] for i in chosen],
             "repeats": [r for r in repeats for _ in range(k)], "split_key": imgs.split_key(split)}
 
 
-def load_training_data(args):
-    """(ImageSet, uint8 training tensor, canary plan or None). With --canaries the training tensor is the
-    train split followed by each canary repeated R times."""
-    imgs = data_mod.load_images(args.data, args.data_root, args.image_size, args.channels,
-                                args.cache_dir or None, args.split_seed, progress=not args.no_progress,
-                                random_split=args.random_split)
-    train = imgs.split("train")
-    if len(train) == 0:
-        raise UserError(f"the train split of {imgs.source} is empty")
-    if not args.canaries:
-        return imgs, train, None
-    plan = canary_plan(imgs, args.canaries, args.canary_repeats, args.canary_split, args.canary_seed)
-    reps = torch.tensor(plan["repeats"])
-    extra = imgs.images[torch.tensor(plan["indices"])].repeat_interleave(reps, dim=0)
-    return imgs, torch.cat([train, extra]), plan
+class TrainingData:
+    """The training set of a run: the train split (or a subset of it), plus canaries and coin-flipped candidates.
+
+    ``n`` is the realised size. ``n_planned`` is the size fixed BEFORE any coin is flipped (the fixed part plus
+    half the candidates); D's batch schedule (steps per epoch, Poisson rate q, DP-SGD's normalisation) uses it,
+    so the mechanism does not depend on the coins, as the one-run audit requires."""
+
+    def __init__(self, args, progress=True):
+        self.imgs = imgs = data_mod.load_images(
+            args.data, args.data_root, args.image_size, args.channels, args.cache_dir or None, args.split_seed,
+            progress=progress, random_split=args.random_split, dedup=args.dedup_threshold,
+            exclude_from=args.exclude_from)
+        train = imgs.splits["train"]
+        if len(train) == 0:
+            raise UserError(f"the train split of {imgs.source} is empty")
+        self.coins = None
+        n_candidates = 0
+        if args.train_size is not None:
+            pool = imgs.representatives(train)
+            need = args.train_size * (2 if args.coin_subset else 1)
+            if need > len(pool):
+                raise UserError(f"--train-size {args.train_size}{' with --coin-subset' if args.coin_subset else ''} "
+                                f"needs {need} images, but the train split of {imgs.source} has {len(pool)} "
+                                "(one per near-duplicate group); lower --train-size")
+            train = pool[_seeded_perm(len(pool), args.subset_seed)[:need]].sort().values
+            if args.coin_subset:
+                self.coins = self._coins(train, "subset", args)
+                n_candidates, train = len(train), train[torch.tensor(self.coins["included"])]
+        self.train_idx = train
+        extra = []
+        self.canaries = None
+        if args.canaries:
+            self.canaries = canary_plan(imgs, args.canaries, args.canary_repeats, args.canary_split, args.canary_seed)
+            reps = torch.tensor(self.canaries["repeats"])
+            extra.append(torch.tensor(self.canaries["indices"]).repeat_interleave(reps))
+        if args.audit_canaries:
+            if self.coins is not None:
+                raise UserError("use --coin-subset or --audit-canaries, not both (each is a set of audit coins)")
+            taken = torch.tensor(self.canaries["indices"] if self.canaries else [], dtype=torch.long)
+            pool = imgs.representatives(imgs.splits.get(args.canary_split, torch.zeros(0, dtype=torch.long)))
+            pool = pool[~torch.isin(pool, taken)]
+            if args.audit_canaries > len(pool) - 2:
+                raise UserError(f"--audit-canaries {args.audit_canaries} needs that many images of the "
+                                f"{args.canary_split} "
+                                f"split besides the canaries, and it has {len(pool)} (keep 2 as references)")
+            cand = pool[_seeded_perm(len(pool), args.subset_seed + 1)[:args.audit_canaries]].sort().values
+            self.coins = self._coins(cand, "audit-canaries", args)
+            n_candidates = len(cand)
+            extra.append(cand[torch.tensor(self.coins["included"])])
+        self.index = torch.cat([train] + extra) if extra else train  # indices into imgs.images, with repeats
+        self.n = len(self.index)
+        self.n_planned = self.n - (int(sum(self.coins["included"])) if self.coins else 0) + n_candidates / 2
+
+    def special(self) -> torch.Tensor:
+        """Indices of held-out images that were inserted or coin-flipped: never 'never-trained' references."""
+        return torch.tensor((self.canaries["indices"] if self.canaries else []) +
+                            (self.coins["indices"] if self.coins else []), dtype=torch.long)
+
+    def _coins(self, cand: torch.Tensor, kind: str, args) -> dict:
+        heads = coin_flips(len(cand), args.subset_seed)
+        return {"kind": kind, "seed": args.subset_seed, "indices": cand.tolist(),
+                "names": [self.imgs.names[i] for i in cand], "included": heads.tolist(),
+                "split": "train" if kind == "subset" else args.canary_split, "data_key": self.imgs.key}
+
+    def describe(self) -> dict:
+        d = {"n_train": self.n, "n_planned": self.n_planned, "dedup": self.imgs.dedup,
+             "n_val": len(self.imgs.splits.get("val", [])), "n_test": len(self.imgs.splits.get("test", []))}
+        if self.coins:
+            d["coins"] = {"kind": self.coins["kind"], "candidates": len(self.coins["indices"]),
+                          "included": int(sum(self.coins["included"]))}
+        return d
 
 
+def run_training_data(run, data_root=None, cache_dir=None) -> TrainingData:
+    """A finished run's TrainingData, rebuilt from its config.json exactly as the run saw it."""
+    run = Path(run)
+    if not (run / "config.json").is_file():
+        raise UserError(f"{run} is not a run folder (no config.json); pass the --out folder of a training run")
+    a = argparse.Namespace(**{**LOCKED_BEFORE, **read_json(run / "config.json")["args"]})
+    a.data_root = data_root or a.data_root
+    a.cache_dir = cache_dir if cache_dir is not None else a.cache_dir
+    td = TrainingData(a, progress=False)
+    for name, built in (("canaries.json", td.canaries), ("coins.json", td.coins)):
+        saved = read_json(run / name) if (run / name).is_file() else None
+        if (saved is None) != (built is None) or (saved and any(saved.get(k) != built.get(k)
+                                                                for k in ("indices", "repeats", "included"))):
+            raise UserError(f"{run / name} does not match the data as it loads now (files or split changed?); "
+                            "the run's images cannot be located")
+    td.args = a
+    return td
+
+
+def load_training_data(args, progress=True):
+    """(ImageSet, uint8 training tensor, canary plan or None), the training tensor as train() sees it."""
+    td = TrainingData(args, progress)
+    return td.imgs, td.imgs.images[td.index], td.canaries
+
+
+# ----------------------------------------------------------------------------- batches and the D / G steps
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """Batch order of epoch e depends on (seed, e) only, so a resumed run sees the same batches."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-def shuffled_batches(gen: torch.Generator, n: int, batch_size: int):
-    perm = torch.randperm(n, generator=gen)
-    for i in range(0, n, batch_size):
-        yield perm[i:i + batch_size]
+def shuffled_batches(gen: torch.Generator, n: int, steps: int):
+    """A seeded permutation of n indices cut into ``steps`` batches of (almost) equal size."""
+    yield from torch.randperm(n, generator=gen).tensor_split(steps)
 
 
 @contextlib.contextmanager
@@ -186,6 +345,144 @@ def d_forward_backward(D, real, fake, bce):
     return loss.item(), torch.sigmoid(out_r).mean().item(), torch.sigmoid(out_f).mean().item()
 
 
+class NonPrivate:
+    """The non-private D update, with the interface of ``train_dcgan_dp.DPPrivacy``."""
+
+    private = False
+    locked_args = ()
+
+    def __init__(self, args):
+        self.args = args
+
+    def check_args(self, args):
+        pass
+
+    def make_private(self, D, optD, **_):
+        return D, optD
+
+    def distribute(self, D):
+        return D  # gradients are averaged over ranks in d_step
+
+    def unwrap(self, D):
+        return D
+
+    def batches(self, gen, n, steps):
+        return shuffled_batches(gen, n, steps)
+
+    def d_step(self, D, optD, real, fake, bce):
+        optD.zero_grad(set_to_none=True)
+        stats = d_forward_backward(D, real, fake, bce) if len(real) else (math.nan,) * 3
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            average_grads(D)  # an empty shard contributes zero gradients
+        optD.step()
+        return stats
+
+    def frozen(self, D):
+        return frozen(D)
+
+    def epsilon(self, refresh=False):
+        return None
+
+    def state_dict(self):
+        return None
+
+    def describe(self):
+        return None
+
+    def summary(self):
+        return ""
+
+    def results(self):
+        return {}
+
+
+def g_step(G, D, optG, privacy, batch: int, nz: int, device, bce):
+    """One generator step against the frozen D; returns (G loss, D's accuracy on these fresh fakes)."""
+    with privacy.frozen(D):
+        out = D(G(torch.randn(batch, nz, device=device)))
+        loss = bce(out, torch.ones_like(out))
+        optG.zero_grad(set_to_none=True)
+        loss.backward()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            average_grads(G)
+        optG.step()
+    return loss.item(), (out.detach() < 0).float().mean().item()
+
+
+class DStepSchedule:
+    """How many D steps precede each G step: a fixed K, or the adaptive schedule of Bie et al. (TMLR 2023).
+
+    Adaptive: after every G step, D's accuracy on that step's fresh fakes (fakes only: no real data is read)
+    enters an EMA (0.99). When the EMA is <= the threshold and at least ``grace`` G steps were taken at the
+    current K, K moves up the ladder 1, 2, 5, 10, 20, 50, ... (D is losing: give it more steps)."""
+
+    def __init__(self, k: int = 1, adaptive: float | None = None, grace: int = 50, beta: float = 0.99):
+        if adaptive is not None:
+            k = max(r for r in D_STEP_LADDER if r <= k)  # start on the ladder
+        self.k, self.adaptive, self.grace, self.beta = k, adaptive, grace, beta
+        self.acc_ema, self.since_g, self.g_since_change = None, 0, 0
+
+    def d_step_done(self) -> bool:
+        """Count a D step; True when a G step is due."""
+        self.since_g += 1
+        return self.since_g >= self.k
+
+    def g_step_done(self, acc_fake: float) -> None:
+        self.since_g = 0
+        self.acc_ema = acc_fake if self.acc_ema is None else self.beta * self.acc_ema + (1 - self.beta) * acc_fake
+        self.g_since_change += 1
+        if (self.adaptive is not None and self.g_since_change >= self.grace and self.acc_ema <= self.adaptive
+                and self.k < D_STEP_LADDER[-1]):
+            self.k = D_STEP_LADDER[D_STEP_LADDER.index(self.k) + 1]
+            self.g_since_change = 0
+
+    def state_dict(self) -> dict:
+        return {"k": self.k, "acc_ema": self.acc_ema, "since_g": self.since_g, "g_since_change": self.g_since_change}
+
+    def load_state_dict(self, st: dict) -> None:
+        self.k, self.acc_ema, self.since_g, self.g_since_change = (st["k"], st["acc_ema"], st["since_g"],
+                                                                   st["g_since_change"])
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float, t: int) -> None:
+    """theta_ema <- b theta_ema + (1 - b) theta, with b = min(decay, (1 + t) / (10 + t)) after t earlier updates
+    (the warm-up keeps early, random weights from dominating a short run's average)."""
+    b = min(decay, (1 + t) / (10 + t))
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p, 1 - b)
+    for e, p in zip(ema.buffers(), model.buffers()):
+        e.copy_(p)
+
+
+def init_from(G, D, args, model_cfg: dict) -> dict:
+    """Load G's and D's weights from another run (--init-from); what was loaded, for config.json."""
+    src = Path(args.init_from)
+    path = src / "ckpt.pt" if src.is_dir() else src
+    blob = safe_load(path)
+    if not {"G", "D", "config", "args"} <= set(blob):
+        raise UserError(f"--init-from {src}: not a training checkpoint of this toolkit (need G, D, config)")
+    diffs = [f"--{k} {blob['config'].get(k)} there, {v} here" for k, v in model_cfg.items()
+             if blob["config"].get(k) != v]
+    if diffs:
+        raise UserError(f"--init-from {src}: different architecture ({'; '.join(diffs)}); use the same "
+                        "--nz/--ngf/--ndf/--image-size/--channels")
+    G.load_state_dict(blob["G"])
+    D.load_state_dict(blob["D"])
+    a = blob["args"]
+    same = a.get("data") == args.data and (a.get("data") == "digits" or _same_path(a.get("data_root"), args.data_root))
+    disjoint = bool(a.get("exclude_from")) and _same_path(a.get("exclude_from"), args.data_root)
+    return {"run": str(src), "ckpt_sha256": sha256_file(path), "data": a.get("data"), "data_root": a.get("data_root"),
+            "exclude_from": a.get("exclude_from"), "steps": blob.get("step"),
+            "private": blob.get("privacy") is not None,
+            "same_data_as_this_run": same, "disjoint_by_file_name": disjoint}
+
+
+def _same_path(a, b) -> bool:
+    return bool(a) and bool(b) and Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+# ----------------------------------------------------------------------------- artefacts
 def plot_losses(log_path: Path, png: Path) -> None:
     import matplotlib
 
@@ -197,18 +494,26 @@ def plot_losses(log_path: Path, png: Path) -> None:
     if not recs:
         return
     steps = [r["step"] for r in recs]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    g = [r for r in recs if "loss_g" in r]
+    extra = "epsilon" in recs[-1] or len({r.get("k") for r in recs}) > 1
+    fig, axes = plt.subplots(2 if extra else 1, 1, figsize=(7, 6 if extra else 4), sharex=True, squeeze=False)
+    ax = axes[0, 0]
     ax.plot(steps, [r["loss_d"] for r in recs], lw=0.8, label="D loss")
-    ax.plot(steps, [r["loss_g"] for r in recs], lw=0.8, label="G loss")
-    ax.set_xlabel("step")
+    ax.plot([r["step"] for r in g], [r["loss_g"] for r in g], lw=0.8, label="G loss")
     ax.set_ylabel("BCE loss")
-    if "epsilon" in recs[-1]:
-        ax2 = ax.twinx()
-        ax2.plot(steps, [r.get("epsilon", float("nan")) for r in recs], color="k", ls="--", lw=1, label="ε")
-        ax2.set_ylabel("ε spent")
-        ax2.legend(loc="upper right")
     ax.legend(loc="upper left")
     ax.set_title(png.parent.name)
+    if extra:
+        ax = axes[1, 0]
+        if "epsilon" in recs[-1]:
+            ax.plot(steps, [r.get("epsilon", float("nan")) for r in recs], color="k", lw=1, label="ε spent")
+            ax.set_ylabel("ε")
+            ax.legend(loc="upper left")
+        ax2 = ax.twinx()
+        ax2.step(steps, [r.get("k", 1) for r in recs], color="C2", lw=1, where="post", label="K (D steps per G step)")
+        ax2.set_ylabel("K")
+        ax2.legend(loc="lower right")
+    axes[-1, 0].set_xlabel("D step")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
@@ -235,7 +540,7 @@ def generate(G, n: int, nz: int, device, seed: int = 12345, batch_size: int = 50
 
 
 def load_generator(path, device="cpu"):
-    """Rebuild the generator from generator.pt or ckpt.pt. Returns (G, config)."""
+    """Rebuild the released generator from generator.pt or ckpt.pt (its EMA if it has one). Returns (G, config)."""
     from models import Generator
 
     blob = safe_load(path, map_location="cpu")
@@ -243,7 +548,7 @@ def load_generator(path, device="cpu"):
         raise UserError(f"{path} is not a generator checkpoint of this toolkit (no 'G'/'config')")
     c = blob["config"]
     G = Generator(c["nz"], c["ngf"], c["channels"], c["image_size"])
-    G.load_state_dict(blob["G"])
+    G.load_state_dict(blob.get("G_ema") or blob["G"])
     return G.to(device).eval(), c
 
 
@@ -264,12 +569,9 @@ def _set_rng_state(st, device):
         torch.mps.set_rng_state(st["mps"])
 
 
-def train(args, privacy=None) -> dict:
-    """Train G and D. ``privacy`` (see train_dcgan_dp.DPPrivacy) makes the D step DP-SGD; None = non-private."""
-    check_args(args)
-    if privacy is not None:
-        privacy.check_args(args)
-    out = Path(args.out) if args.out else default_out(args, privacy is not None)
+def _open_run(args, privacy):
+    """(run folder, checkpoint or None); refuses to overwrite a run or resume it with other settings."""
+    out = Path(args.out) if args.out else default_out(args, privacy.private)
     ckpt_path = out / "ckpt.pt"
     if ckpt_path.exists() and not args.resume:
         raise UserError(f"{out} already holds a run (ckpt.pt); pass --resume to continue it or choose another --out")
@@ -277,47 +579,74 @@ def train(args, privacy=None) -> dict:
         raise UserError(f"--resume: no checkpoint at {ckpt_path}")
     ckpt = safe_load(ckpt_path) if args.resume else None
     if ckpt is not None:
-        changed = [f"--{k.replace('_', '-')} {ckpt['args'].get(k)!r} -> {getattr(args, k, None)!r}"
-                   for k in RESUME_LOCKED + (privacy.locked_args if privacy else ())
-                   if ckpt["args"].get(k) != getattr(args, k, None)]
+        was = {k: ckpt["args"].get(k, LOCKED_BEFORE.get(k)) for k in RESUME_LOCKED + privacy.locked_args}
+        changed = [f"--{k.replace('_', '-')} {was[k]!r} -> {getattr(args, k, None)!r}"
+                   for k in was if was[k] != getattr(args, k, None)]
         if changed:
             raise UserError(f"cannot resume {out} with different settings: {'; '.join(changed)}")
+    return out, ckpt
 
+
+# ----------------------------------------------------------------------------- the loop
+def train(args, privacy=None) -> dict:
+    """Train G and D. ``privacy`` (train_dcgan_dp.DPPrivacy) makes every D step DP-SGD; None = non-private."""
+    privacy = privacy or NonPrivate(args)
+    check_args(args)
+    privacy.check_args(args)
+    out, ckpt = _open_run(args, privacy)
     rank, world, device = init_distributed(args.device)  # torchrun: one process per CPU group / GPU
     main_rank = rank == 0
+    threads = Threads(args.threads)
     if ckpt is not None and ckpt.get("world_size", 1) != world:
         raise UserError(f"{out} was trained with {ckpt.get('world_size', 1)} process(es); resume it with as many")
     torch.manual_seed(args.seed)
-    imgs, train_u8, canaries = load_training_data(args)
-    n = len(train_u8)
-    train_u8 = train_u8.to(device)
-    steps_per_epoch = math.ceil(n / args.batch_size)
+    td = TrainingData(args, progress=not args.no_progress and main_rank)
+    imgs, n = td.imgs, td.n
+    train_u8 = imgs.images[td.index].to(device)
+    steps_per_epoch = math.ceil(td.n_planned / args.batch_size)  # fixed before any audit coin is flipped
     total_steps = args.epochs * steps_per_epoch
     if args.max_steps is not None:
         total_steps = min(total_steps, args.max_steps)
 
     G, D = build_models(args.nz, args.ngf, args.ndf, args.channels, args.image_size)
+    model_cfg = {"nz": args.nz, "ngf": args.ngf, "ndf": args.ndf, "channels": args.channels,
+                 "image_size": args.image_size}
+    warm = None
+    if args.init_from and ckpt is None:
+        warm = init_from(G, D, args, model_cfg)
+        if warm["same_data_as_this_run"] and privacy.private:
+            raise UserError(f"--init-from {args.init_from} was trained on this run's data: ε would not cover that "
+                            "pretraining; pretrain on public data (e.g. with --exclude-from the private root)")
+    elif args.init_from and (out / "config.json").is_file():  # resumed: the weights come from the checkpoint
+        warm = read_json(out / "config.json").get("init_from")
+    d_trained = freeze_first_convs(D, args.freeze_d)
     G, D = G.to(device), D.to(device)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False) if args.ema_decay else None
     optG = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
-    optD = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
+    optD = torch.optim.Adam([p for p in D.parameters() if p.requires_grad], lr=args.lr, betas=(args.beta1, 0.999))
+    sched = DStepSchedule(args.d_steps, args.adaptive_d_steps, args.adaptive_grace)
     if ckpt is not None:
         G.load_state_dict(ckpt["G"])
         D.load_state_dict(ckpt["D"])
+        if G_ema is not None:
+            G_ema.load_state_dict(ckpt["G_ema"])
+        if ckpt.get("schedule"):
+            sched.load_state_dict(ckpt["schedule"])
     if world > 1:  # every rank starts from rank 0's weights; each draws its own latent noise
-        broadcast_params(G, D)
+        broadcast_params(*[m for m in (G, D, G_ema) if m is not None])
         torch.manual_seed(args.seed + 7919 * rank)
-        if privacy is not None:
-            D = privacy.distribute(D)  # noise on rank 0 only, clipped sums all-reduced -> one DP step
-    g_batch = math.ceil(args.batch_size / world)  # the generator's fixed batch, split over ranks
-    if privacy is not None:
-        D, optD = privacy.make_private(D, optD, n_train=n, batch_size=args.batch_size,
-                                       steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-                                       state=ckpt["privacy"] if ckpt else None)
+        D = privacy.distribute(D)  # DP: noise on rank 0 only, clipped sums all-reduced -> one DP step
+    g_batch = math.ceil((args.g_batch_size or args.batch_size) / world)  # G's fixed batch, split over ranks
+    D, optD = privacy.make_private(D, optD, n_train=td.n_planned, batch_size=args.batch_size,
+                                   steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                                   state=ckpt["privacy"] if ckpt else None)
     if ckpt is not None:
         optG.load_state_dict(ckpt["optG"])
         optD.load_state_dict(ckpt["optD"])
     step = ckpt["step"] if ckpt else 0
-    raw_D = privacy.unwrap(D) if privacy else D
+    g_steps = ckpt.get("g_steps", step) if ckpt else 0
+    raw_D = privacy.unwrap(D)
+    released = G_ema if G_ema is not None else G
 
     def log_main(*a):
         if main_rank:
@@ -326,28 +655,40 @@ def train(args, privacy=None) -> dict:
     if main_rank:
         out.mkdir(parents=True, exist_ok=True)
     config = {"args": vars(args), "device": str(device), "versions": versions(), "data": imgs.source,
-              "n_train": n, "n_val": len(imgs.splits.get("val", [])), "n_test": len(imgs.splits.get("test", [])),
-              "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-              "private": privacy is not None, "world_size": world}
-    if privacy is not None:
+              **td.describe(), "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+              "private": privacy.private, "world_size": world, "init_from": warm}
+    if privacy.private:
         config["privacy"] = privacy.describe()
-    if canaries is not None:
-        config["canaries"] = {"count": len(canaries["indices"]), "copies": sum(canaries["repeats"]),
-                              "split": canaries["split"]}
-        if main_rank:
-            write_json(out / "canaries.json", canaries)
+    if td.canaries is not None:
+        config["canaries"] = {"count": len(td.canaries["indices"]), "copies": sum(td.canaries["repeats"]),
+                              "split": td.canaries["split"]}
     if main_rank:
+        if td.canaries is not None:
+            write_json(out / "canaries.json", td.canaries)
+        if td.coins is not None:
+            write_json(out / "coins.json", td.coins)
         write_json(out / "config.json", config)
-    model_cfg = {"nz": args.nz, "ngf": args.ngf, "ndf": args.ndf, "channels": args.channels,
-                 "image_size": args.image_size}
-    log_main(f"{'DP-SGD' if privacy else 'non-private'} DCGAN | data {imgs.source}: {n} train images "
+    k_desc = (f"K adaptive from {sched.k} (D's accuracy on fakes <= {args.adaptive_d_steps})"
+              if args.adaptive_d_steps is not None else f"K = {args.d_steps}")
+    log_main(f"{'DP-SGD' if privacy.private else 'non-private'} DCGAN | data {imgs.source}: {n} train images "
              f"({args.image_size}px, {args.channels}ch) | device {device}"
-             f"{f' x {world} processes' if world > 1 else ''} | batch {args.batch_size} | lr {args.lr} | "
-             f"{total_steps} steps ({steps_per_epoch}/epoch) | out {out}")
-    if canaries is not None:
-        log_main(f"canaries: {len(canaries['indices'])} {canaries['split']} images inserted, repeats "
-                 f"{args.canary_repeats} x {args.canaries} each ({sum(canaries['repeats'])} extra training images)")
-    if privacy is not None:
+             f"{f' x {world} processes' if world > 1 else ''}, threads {threads.describe()} | batch {args.batch_size} "
+             f"| lr {args.lr} | ngf {args.ngf} ndf {args.ndf} ({d_trained:,} D parameters trained) | {total_steps} D "
+             f"steps ({steps_per_epoch}/epoch), {args.g_steps} G step(s) of {g_batch * world} fakes per K D steps, "
+             f"{k_desc} | G EMA {args.ema_decay or 'off'} | out {out}")
+    if imgs.dedup.get("groups_merged"):
+        log_main(f"near-duplicates: {imgs.dedup['groups_merged']} groups of {imgs.dedup['images_in_merged_groups']} "
+                 f"images (correlation >= {imgs.dedup['threshold']}) kept together")
+    if warm is not None:
+        log_main(f"initialised G and D from {warm['run']} (data {warm['data']} {warm['data_root'] or ''}; "
+                 f"{'disjoint by file name' if warm['disjoint_by_file_name'] else 'overlap not checked'})")
+    if td.canaries is not None:
+        log_main(f"canaries: {len(td.canaries['indices'])} {td.canaries['split']} images inserted, repeats "
+                 f"{args.canary_repeats} x {args.canaries} each ({sum(td.canaries['repeats'])} extra training images)")
+    if td.coins is not None:
+        c = td.describe()["coins"]
+        log_main(f"audit coins ({c['kind']}): {c['included']} of {c['candidates']} candidates included (coins.json)")
+    if privacy.private:
         log_main(privacy.summary())
 
     log_path = out / "log.jsonl"
@@ -359,34 +700,36 @@ def train(args, privacy=None) -> dict:
         log_path.unlink()
     fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed + 7)).to(device)
     bce = nn.BCEWithLogitsLoss()
+    ckpt_path = out / "ckpt.pt"
 
     def checkpoint(epoch, step_in_epoch):
         rng = all_gather(_rng_state(device))  # every rank's RNG (collective: all ranks call checkpoint)
         if main_rank:
-            atomic_torch_save({"G": G.state_dict(), "D": raw_D.state_dict(), "optG": optG.state_dict(),
-                               "optD": optD.state_dict(), "step": step, "epoch": epoch, "step_in_epoch": step_in_epoch,
-                               "rng": rng[0], "rng_ranks": rng, "world_size": world, "args": vars(args),
-                               "config": model_cfg, "privacy": privacy.state_dict() if privacy else None,
+            atomic_torch_save({"G": G.state_dict(), "G_ema": G_ema.state_dict() if G_ema is not None else None,
+                               "D": raw_D.state_dict(), "optG": optG.state_dict(), "optD": optD.state_dict(),
+                               "step": step, "g_steps": g_steps, "schedule": sched.state_dict(), "epoch": epoch,
+                               "step_in_epoch": step_in_epoch, "rng": rng[0], "rng_ranks": rng, "world_size": world,
+                               "args": vars(args), "config": model_cfg, "privacy": privacy.state_dict(),
                                "wall_s": wall_before + time.time() - t0}, ckpt_path)
 
     if ckpt is not None:
         _set_rng_state(ckpt.get("rng_ranks", [ckpt["rng"]])[rank], device)
-        log_main(f"resumed from {ckpt_path} at step {step}" + (f", ε = {privacy.epsilon():.3f}" if privacy else ""))
+        eps = privacy.epsilon()
+        log_main(f"resumed from {ckpt_path} at D step {step} (G step {g_steps})" +
+                 (f", ε = {eps:.3f}" if eps is not None else ""))
     start_epoch = ckpt["epoch"] if ckpt else 0
     start_k = ckpt["step_in_epoch"] if ckpt else 0
     if start_k >= steps_per_epoch:
         start_epoch, start_k = start_epoch + 1, 0
 
-    t0, real_seen, rec = time.time(), 0, {}
+    t0, real_seen, rec, loss_g = time.time(), 0, {}, math.nan
     wall_before = ckpt.get("wall_s", 0.0) if ckpt else 0.0  # training time of earlier invocations
     log = open(log_path if main_rank else os.devnull, "a")
     try:
         for epoch in range(start_epoch, args.epochs):
             if step >= total_steps:
                 break
-            gen = epoch_generator(args.seed, epoch)
-            batches = (privacy.poisson_batches(gen, n, steps_per_epoch) if privacy
-                       else shuffled_batches(gen, n, args.batch_size))
+            batches = privacy.batches(epoch_generator(args.seed, epoch), n, steps_per_epoch)
             bar = tqdm(total=min(steps_per_epoch, total_steps - step + start_k), initial=start_k,
                        desc=f"epoch {epoch + 1}/{args.epochs}", disable=args.no_progress or not main_rank, leave=False)
             done_k = start_k  # batches of this epoch applied so far
@@ -395,53 +738,33 @@ def train(args, privacy=None) -> dict:
                     continue  # resumed mid-epoch: these batches were already used
                 if step >= total_steps:
                     break
+                threads.refresh()
                 idx = idx[rank::world]  # this rank's share of the (global) batch
-                b = len(idx)
-                real = data_mod.to_float(train_u8[idx.to(device)]) if b else None
-                with torch.set_grad_enabled(privacy is None):
-                    fake = G(torch.randn(b, args.nz, device=device))
-                # --- D step (see d_forward_backward for the per-sample unit under DP)
-                if not b:  # empty (Poisson or shard) batch: the (noisy) step must still happen on every rank
-                    optD.zero_grad(set_to_none=True)
-                    if privacy is not None:
-                        privacy.empty_batch(D)
-                    else:
-                        average_grads(D)
-                    optD.step()
-                    loss_d = d_x = d_gz = float("nan")
-                elif privacy is not None:
-                    loss_d, d_x, d_gz = privacy.d_step(D, optD, real, fake.detach(), bce)
-                else:
-                    optD.zero_grad(set_to_none=True)
-                    loss_d, d_x, d_gz = d_forward_backward(D, real, fake.detach(), bce)
-                    if world > 1:
-                        average_grads(D)
-                    optD.step()
-                # --- G step: D frozen (no param grads, no per-sample work). Under DP the fake batch has the
-                # fixed size --batch-size (split over ranks), so G's update depends on the private D's weights only.
-                with frozen(D, privacy):
-                    if privacy is not None or not b:
-                        fake = G(torch.randn(g_batch, args.nz, device=device))
-                    out_g = D(fake)
-                    loss_g = bce(out_g, torch.ones_like(out_g))
-                    optG.zero_grad(set_to_none=True)
-                    loss_g.backward()
-                    if world > 1:
-                        average_grads(G)
-                    optG.step()
-                step += 1
-                done_k = k + 1
-                real_seen += b
-                rec = {"kind": "step", "step": step, "epoch": epoch + 1, "batch": b, "loss_d": loss_d,
-                       "loss_g": loss_g.item(), "d_x": d_x, "d_g_z": d_gz}
-                if privacy is not None and (step % 20 == 0 or k == steps_per_epoch - 1 or step == total_steps):
-                    privacy.last_eps = privacy.epsilon()
-                if privacy is not None:
-                    rec["epsilon"] = privacy.last_eps
+                real = data_mod.to_float(train_u8[idx.to(device)])
+                with torch.no_grad():
+                    fake = G(torch.randn(len(idx), args.nz, device=device))
+                loss_d, d_x, d_gz = privacy.d_step(D, optD, real, fake, bce)  # the only read of real data
+                step, done_k, real_seen = step + 1, k + 1, real_seen + len(idx)
+                rec = {"kind": "step", "step": step, "epoch": epoch + 1, "batch": len(idx), "loss_d": loss_d,
+                       "d_x": d_x, "d_g_z": d_gz, "k": sched.k}
+                if sched.d_step_done():
+                    for _ in range(args.g_steps):
+                        loss_g, acc = g_step(G, D, optG, privacy, g_batch, args.nz, device, bce)
+                        if G_ema is not None:
+                            ema_update(G_ema, G, args.ema_decay, g_steps)
+                        g_steps += 1
+                    if world > 1:  # every rank must take the same schedule decision
+                        acc = sum(all_gather(acc)) / world
+                    sched.g_step_done(acc)  # D's accuracy on the fresh fakes of the last G step
+                    rec.update(g_step=g_steps, loss_g=loss_g, acc_fake=acc, acc_fake_ema=sched.acc_ema)
+                eps = privacy.epsilon(refresh=step % 20 == 0 or k == steps_per_epoch - 1 or step == total_steps)
+                if eps is not None:
+                    rec["epsilon"] = eps
                 log.write(json.dumps(rec) + "\n")
-                post = {"D": f"{rec['loss_d']:.3f}", "G": f"{rec['loss_g']:.3f}", "D(x)": f"{d_x:.2f}"}
-                if privacy is not None:
-                    post["ε"] = f"{privacy.last_eps:.2f}"
+                post = {"D": f"{loss_d:.3f}", "G": f"{loss_g:.3f}", "D(x)": f"{d_x:.2f}", "K": sched.k,
+                        "G steps": g_steps}
+                if eps is not None:
+                    post["ε"] = f"{eps:.2f}"
                 bar.set_postfix(post, refresh=False)
                 bar.update(1)
                 if args.ckpt_every and step % args.ckpt_every == 0:
@@ -450,32 +773,34 @@ def train(args, privacy=None) -> dict:
             bar.close()
             start_k = 0
             epoch_done = done_k >= steps_per_epoch
-            erec = {"kind": "epoch", "step": step, "epoch": epoch + 1, "loss_d": rec.get("loss_d"),
-                    "loss_g": rec.get("loss_g")}
-            if privacy is not None:
-                erec["epsilon"] = privacy.epsilon()
+            erec = {"kind": "epoch", "step": step, "g_step": g_steps, "epoch": epoch + 1, "k": sched.k,
+                    "loss_d": rec.get("loss_d"), "loss_g": loss_g}
+            eps = privacy.epsilon(refresh=True)
+            if eps is not None:
+                erec["epsilon"] = eps
             log.write(json.dumps(erec) + "\n")
             log.flush()
             checkpoint(epoch + 1 if epoch_done else epoch, 0 if epoch_done else done_k)
             if main_rank:
-                save_grid(G, fixed_z, out / "grids" / f"epoch_{epoch + 1:03d}.png")
+                save_grid(released, fixed_z, out / "grids" / f"epoch_{epoch + 1:03d}.png")
                 plot_losses(log_path, out / "loss_curve.png")
-            msg = f"epoch {epoch + 1}: step {step}, D {rec.get('loss_d', float('nan')):.3f}, G {rec.get('loss_g', float('nan')):.3f}"
-            log_main(msg + (f", ε = {erec['epsilon']:.3f}" if privacy else ""))
+            log_main(f"epoch {epoch + 1}: D step {step}, G step {g_steps} (K {sched.k}), "
+                     f"D {rec.get('loss_d', math.nan):.3f}, G {loss_g:.3f}"
+                     + (f", ε = {eps:.3f}" if eps is not None else ""))
     finally:  # on Ctrl-C the last checkpoint (a consistent state) stays; --resume continues from it
         log.close()
 
     elapsed = time.time() - t0
     real_seen = sum(all_gather(real_seen))  # real images over all ranks
-    results = {"run": str(out), "private": privacy is not None, "steps": step, "epochs": args.epochs,
-               "n_train": n, "batch_size": args.batch_size, "wall_s": round(wall_before + elapsed, 2),
+    results = {"run": str(out), "private": privacy.private, "steps": step, "g_steps": g_steps, "k_final": sched.k,
+               "epochs": args.epochs, "n_train": n, "batch_size": args.batch_size, "ema_decay": args.ema_decay,
+               "wall_s": round(wall_before + elapsed, 2),
                "images_per_s": round(real_seen / elapsed, 1) if elapsed > 0 and real_seen else None,
-               "final_loss_d": rec.get("loss_d"), "final_loss_g": rec.get("loss_g"), "device": str(device),
-               "world_size": world}
-    if privacy is not None:
-        results.update(privacy.results())
+               "final_loss_d": rec.get("loss_d"), "final_loss_g": loss_g, "device": str(device), "world_size": world,
+               "threads": threads.describe()}
+    results.update(privacy.results())
     if world > 1:  # the ranks must hold the same models: each DP step is one synchronized update
-        hashes = all_gather(state_hash(G, raw_D))
+        hashes = all_gather(state_hash(*[m for m in (G, raw_D, G_ema) if m is not None]))
         results["ranks_identical"] = len(set(hashes)) == 1
         if not results["ranks_identical"]:
             warnings.warn(f"ranks ended with different weights ({hashes}); the run is inconsistent", stacklevel=2)
@@ -484,15 +809,18 @@ def train(args, privacy=None) -> dict:
         dist.destroy_process_group()
     if not main_rank:
         return results
-    atomic_torch_save({"G": G.state_dict(), "config": model_cfg, "args": vars(args)}, out / "generator.pt")
+    atomic_torch_save({"G": released.state_dict(), "config": model_cfg, "args": vars(args),
+                       "ema": G_ema is not None}, out / "generator.pt")
     if args.num_samples:
-        data_mod.save_npz(out / "samples.npz", generate(G.eval(), args.num_samples, args.nz, device, seed=args.seed + 1))
+        data_mod.save_npz(out / "samples.npz", generate(released.eval(), args.num_samples, args.nz, device,
+                                                        seed=args.seed + 1))
     plot_losses(log_path, out / "loss_curve.png")
     write_json(out / "results.json", results)
     if real_seen:
-        print(f"done: {step} steps in {elapsed:.1f}s ({results['images_per_s']} real images/s); artefacts in {out}")
+        print(f"done: {step} D steps, {g_steps} G steps in {elapsed:.1f}s ({results['images_per_s']} real images/s); "
+              f"artefacts in {out}")
     else:
-        print(f"done: nothing left to train (step {step}/{total_steps}); artefacts in {out}")
+        print(f"done: nothing left to train (D step {step}/{total_steps}); artefacts in {out}")
     return results
 
 

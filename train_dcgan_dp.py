@@ -13,9 +13,13 @@ Privacy semantics (what the reported epsilon covers):
   * Batches are Poisson-sampled (rate q = 1 / steps-per-epoch) and the fake batch size follows the real
     one, so adding or removing a real example adds or removes exactly one unit. Empty batches still make
     a noisy step, and the accountant counts every step.
-  * The generator step uses a fixed batch of --batch-size fakes (never the private batch size) with D
+  * Every generator step uses a fixed batch of --g-batch-size fakes (never the private batch size) with D
     frozen: D's parameters need no gradient and Opacus' per-sample hooks are off, so no per-sample work
-    is wasted and nothing private leaks through G's step.
+    is wasted and nothing private leaks through G's step. G steps, the adaptive K schedule (D's accuracy on
+    fresh fakes) and the generator EMA read no real data: post-processing; the accountant counts D steps.
+  * --freeze-d layers receive neither gradient nor noise. --init-from starts from other weights: epsilon then
+    covers this run's (private) training set given those weights, and is meaningful only if the source was
+    not trained on the private data (a source trained on this run's own data is refused).
   * The accountant's history lives in the checkpoint: --resume continues the same ledger and refuses a
     run whose total steps would spend more than the target epsilon.
 
@@ -185,9 +189,21 @@ class PairGhostClipper:
         return (loss.item() / n, torch.sigmoid(out_r).mean().item(), torch.sigmoid(out_f).mean().item())
 
 
-class DPPrivacy:
-    """The privacy half of the training loop: wraps D with Opacus and keeps the epsilon ledger."""
+def _accountant_epsilon(acc, delta: float, sigma: float) -> float:
+    """ε of an Opacus accountant; a setting it cannot evaluate is a one-line error, not a deep traceback (PRV
+    tries to allocate terabytes for a tiny noise multiplier such as 0.001)."""
+    try:
+        return float(acc.get_epsilon(delta=delta))
+    except (MemoryError, ValueError, OverflowError, RuntimeError) as e:
+        raise UserError(f"the {acc.mechanism()} accountant cannot evaluate σ = {sigma:g} ({type(e).__name__}); ε would "
+                        "be enormous: use a larger --noise-multiplier, or --accountant rdp") from None
 
+
+class DPPrivacy:
+    """The privacy half of the training loop: wraps D with Opacus and keeps the epsilon ledger. Same interface
+    as train_dcgan.NonPrivate."""
+
+    private = True
     locked_args = ("epsilon", "noise_multiplier", "delta", "max_grad_norm", "accountant", "poisson",
                    "grad_sample_mode", "secure_rng")
 
@@ -261,8 +277,8 @@ class DPPrivacy:
         if state is not None:
             self.engine.accountant.load_state_dict(state["accountant"])
             self.last_eps = self.epsilon()
+        projected = self.epsilon_after(total_steps)  # also checks that the accountant can evaluate this setting
         if a.epsilon is not None:
-            projected = self.epsilon_after(total_steps)
             if projected > a.epsilon + 0.01:
                 raise UserError(f"refusing to train: {total_steps} steps in total would spend ε = {projected:.3f} "
                                 f"> target ε = {a.epsilon} (σ = {self.noise_multiplier:.4f} was fixed for the original "
@@ -307,9 +323,13 @@ class DPPrivacy:
         if self.clipper is None:
             D.enable_hooks()
 
-    def poisson_batches(self, gen, n, steps):
+    def frozen(self, D):
+        return train_dcgan.frozen(D, self)
+
+    def batches(self, gen, n, steps):
+        """Poisson sampling: every example joins each of the epoch's ``steps`` batches with probability q."""
         if not self.args.poisson:
-            yield from train_dcgan.shuffled_batches(gen, n, self.batch_size)
+            yield from train_dcgan.shuffled_batches(gen, n, steps)
             return
         if self.engine.secure_rng is not None:
             gen = self.engine.secure_rng  # cryptographically secure sampling; not reproducible
@@ -327,10 +347,17 @@ class DPPrivacy:
                 p.grad_sample = torch.zeros((0,) + tuple(p.shape), device=p.device, dtype=p.dtype)
 
     def d_step(self, D, optD, real, fake, bce):
-        """D step over physical chunks of at most --max-physical-batch-size pairs (one logical step)."""
-        chunk = self.args.max_physical_batch_size or len(real)
+        """One DP-SGD step over physical chunks of at most --max-physical-batch-size pairs: per-pair clipped
+        gradients are summed over the chunks and the noise is added once. An empty batch still takes a noisy
+        step (and is counted by the accountant)."""
         optD.zero_grad(set_to_none=True)
-        sums, b = torch.zeros(3), len(real)
+        b = len(real)
+        if not b:
+            self.empty_batch(D)
+            optD.step()
+            return (float("nan"),) * 3
+        chunk = self.args.max_physical_batch_size or b
+        sums = torch.zeros(3)
         for i in range(0, b, chunk):
             if self.clipper is not None:
                 loss, d_x, d_gz = self.clipper.step(D, real[i:i + chunk], fake[i:i + chunk])
@@ -346,12 +373,16 @@ class DPPrivacy:
         return tuple((sums / b).tolist())
 
     # ------------------------------------------------------------------ ledger
-    def epsilon(self) -> float:
-        """ε spent so far; memoised on the ledger (one PRV evaluation takes about 0.4 s on a CPU)."""
+    def epsilon(self, refresh: bool = True) -> float:
+        """ε spent so far. One PRV evaluation takes about 0.4 s on a CPU, so the loop refreshes it every 20 steps
+        and at epoch ends (``refresh=False`` returns the last value); memoised on the ledger."""
+        if not refresh:
+            return self.last_eps
         key = tuple(map(tuple, self.engine.accountant.history))
         if self._eps_cache[0] != key:
-            self._eps_cache = key, float(self.engine.accountant.get_epsilon(delta=self.args.delta))
-        return self._eps_cache[1]
+            self._eps_cache = key, _accountant_epsilon(self.engine.accountant, self.args.delta, self.noise_multiplier)
+        self.last_eps = self._eps_cache[1]
+        return self.last_eps
 
     def epsilon_after(self, steps: int, accountant: str | None = None) -> float:
         from opacus.accountants import create_accountant
@@ -360,7 +391,7 @@ class DPPrivacy:
         acc.history = [(self.noise_multiplier, self.sample_rate, steps)]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return float(acc.get_epsilon(delta=self.args.delta))
+            return _accountant_epsilon(acc, self.args.delta, self.noise_multiplier)
 
     def state_dict(self):
         return {"accountant": dict(self.engine.accountant.state_dict()), "noise_multiplier": self.noise_multiplier,
@@ -392,8 +423,13 @@ class DPPrivacy:
         return out
 
 
+# The DP recipe (chosen by the levers study in the README; train_dcgan.py has the non-private defaults).
+DP_DEFAULTS = {"lr": 2e-4, "batch_size": 512, "epochs": 60, "ndf": 16, "freeze_d": 2, "d_steps": 1,
+               "adaptive_d_steps": 0.6, "adaptive_grace": 20, "g_batch_size": 128, "ema_decay": 0.999}
+
+
 def build_parser():
-    p = train_dcgan.build_parser(prog="train_dcgan_dp.py", description=__doc__.split("\n")[0], default_lr=5e-5)
+    p = train_dcgan.build_parser(prog="train_dcgan_dp.py", description=__doc__.split("\n")[0], defaults=DP_DEFAULTS)
     g = p.add_argument_group("differential privacy")
     g.add_argument("--epsilon", type=float, default=None,
                    help="target ε after all steps (σ is calibrated to it); default 8 unless --noise-multiplier")

@@ -7,6 +7,7 @@ import os
 import platform
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -44,6 +45,79 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+
+
+# ----------------------------------------------------------------------------- CPU threads
+def _proc_cpu_sample():
+    """(busy jiffies of the whole machine, all jiffies, this process's jiffies, CPUs counted) from /proc; None
+    where /proc is not Linux's."""
+    try:
+        with open("/proc/stat") as f:
+            lines = f.read().splitlines()
+        vals = [int(v) for v in lines[0].split()[1:9]]  # user nice system idle iowait irq softirq steal
+        ncpu = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        own = int(fields[11]) + int(fields[12])  # utime + stime of all threads of this process
+        total = sum(vals)
+        return total - vals[3] - vals[4], total, own, ncpu
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class Threads:
+    """``--threads``: torch's CPU thread count, fixed (N) or ``auto``.
+
+    ``auto`` uses as many threads as there are cores that OTHER processes leave idle, re-measured every
+    ``every`` seconds from /proc (machine busy time minus this process's own CPU time). Why: with one thread
+    per core, a second busy process makes OpenMP's spinning threads wait on each other; a small-model step
+    then runs 3-4x slower than with one thread (measured on a 2-core CPU, see the README's performance
+    section). Off Linux, ``auto`` keeps torch's default. Call :meth:`refresh` often; it is cheap.
+    """
+
+    def __init__(self, spec="auto", every: float = 10.0, first_after: float = 0.5, sampler=_proc_cpu_sample):
+        self.auto, self.every, self.sampler = str(spec) == "auto", every, sampler
+        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if not self.auto:
+            try:
+                n = int(spec)
+            except ValueError:
+                n = 0
+            if n < 1:
+                raise UserError(f"--threads must be 'auto' or a positive integer, got {spec!r}")
+            self._set(n)
+            return
+        self.last = sampler()
+        if self.last is None:
+            self.auto, self.n = False, torch.get_num_threads()
+            return
+        self._set(self.cores)
+        self.next_check = time.monotonic() + first_after
+        self.history = []  # (time, others' busy cores, threads) of each decision
+
+    def _set(self, n: int) -> None:
+        self.n = n
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
+    def refresh(self) -> int:
+        if not self.auto or time.monotonic() < self.next_check:
+            return self.n
+        cur = self.sampler()
+        self.next_check = time.monotonic() + self.every
+        if cur is None:
+            return self.n
+        d_busy, d_total, d_own = cur[0] - self.last[0], cur[1] - self.last[1], cur[2] - self.last[2]
+        self.last = cur
+        if d_total <= 0:
+            return self.n
+        others = max(0.0, (d_busy - d_own) / d_total * cur[3])
+        self._set(min(self.cores, max(1, round(self.cores - others))))
+        self.history.append((round(time.monotonic(), 1), round(others, 2), self.n))
+        return self.n
+
+    def describe(self) -> str:
+        return f"auto (now {self.n} of {self.cores} cores)" if self.auto else str(self.n)
 
 
 # ----------------------------------------------------------------------------- multi-process (torchrun)

@@ -29,4 +29,4 @@ def inception_weights():
 def tiny_args(tmp_path, *extra):
     """CLI arguments of a tiny, fast run on the bundled digits."""
     return ["--data", "digits", "--ngf", "8", "--ndf", "8", "--nz", "8", "--batch-size", "32",
-            "--num-samples", "16", "--no-progress", "--cache-dir", "", "--out", str(tmp_path), *extra]
+            "--num-samples", "16", "--no-progress", "--cache-dir", "", "--threads", "1", "--out", str(tmp_path), *extra]

@@ -55,6 +55,66 @@ def test_bound_on_an_eps_dp_mechanism_stays_below_eps_and_approaches_it(eps):
     assert lb > 0.85 * eps
 
 
+# ----------------------------------------------------------------------------- one-run audit (Steinke et al. 2023)
+def _randomized_response(eps, m, rng):
+    """m canaries with fair coins; the 'attack' reports each coin truthfully with probability e^eps / (1 + e^eps):
+    exactly eps-DP with respect to each coin."""
+    inc = rng.random(m) < 0.5
+    truthful = rng.random(m) < math.exp(eps) / (1 + math.exp(eps))
+    return np.where(truthful, inc, ~inc).astype(float), inc
+
+
+@pytest.mark.parametrize("eps", [1.0, 2.0, 4.0])
+def test_one_run_bound_on_randomized_response_is_valid_and_tight(eps):
+    """The bound exceeds the true eps with probability <= alpha (that is all "valid" can mean for a bound that
+    holds with probability 1 - alpha; measured about 2%), and with m = 10,000 canaries it comes within 0.7 eps."""
+    rng = np.random.default_rng(7)
+    bounds = np.array([audit.one_run_audit(*_randomized_response(eps, 10_000, rng), delta=0.0, alpha=0.05, seed=s,
+                                           curve=False)["epsilon_lb"] for s in range(200)])
+    assert (bounds > eps).mean() <= 0.05
+    assert np.quantile(bounds, 0.05) >= 0.7 * eps
+
+
+def test_one_run_p_value_is_a_p_value():
+    """Under the null (the true eps), P[p <= a] <= a: the bound's error probability is what it claims."""
+    rng = np.random.default_rng(3)
+    eps, r, m = 1.5, 400, 400
+    q = math.exp(eps) / (1 + math.exp(eps))
+    pvals = np.array([audit.one_run_p_value(m, r, int(v), eps, 0.0) for v in rng.binomial(r, q, 2000)])
+    for a in (0.05, 0.1, 0.2):
+        assert (pvals <= a).mean() <= a + 3 * math.sqrt(a * (1 - a) / 2000)
+    assert (pvals <= 0.5).mean() > 0.4  # not vacuous (a p-value that is always 1 would pass the line above)
+
+
+def test_one_run_bound_by_hand_and_monotone():
+    from scipy.stats import binom
+
+    # delta = 0, all 100 guesses right: p = q^100 < alpha  <=>  eps < log(q / (1 - q)) with q = alpha^(1/100)
+    q = 0.05 ** (1 / 100)
+    assert audit.one_run_epsilon(100, 100, 100, 0.0, 0.05) == pytest.approx(math.log(q / (1 - q)), abs=1e-3)
+    assert audit.one_run_epsilon(1000, 1000, 1000, 0.0, 0.05) == pytest.approx(5.81, abs=0.01)  # the issue's figure
+    # p-value with delta > 0, summed by hand: tail + 2 m delta max_i P[v - i <= Bin < v] / i
+    m, r, v, eps, delta = 50, 30, 24, 1.0, 1e-3
+    qq = math.exp(eps) / (1 + math.exp(eps))
+    tail = sum(binom.pmf(k, r, qq) for k in range(v, r + 1))
+    extra = max(sum(binom.pmf(k, r, qq) for k in range(v - i, v)) / i for i in range(1, v + 1))
+    assert audit.one_run_p_value(m, r, v, eps, delta) == pytest.approx(tail + 2 * m * delta * extra, rel=1e-9)
+    assert audit.one_run_p_value(m, r, v, eps, 0.0) == pytest.approx(tail, rel=1e-9)
+    bounds = [audit.one_run_epsilon(500, 200, v, 1e-6, 0.05) for v in range(90, 201, 5)]
+    assert bounds == sorted(bounds) and bounds[0] == 0.0 and bounds[-1] > 3  # monotone in v
+    # more delta can only weaken the bound
+    assert audit.one_run_epsilon(500, 200, 190, 1e-3, 0.05) < audit.one_run_epsilon(500, 200, 190, 0.0, 0.05)
+
+
+def test_one_run_audit_counts_guesses_and_ignores_coin_order():
+    scores = np.array([5.0, 4, 3, 2, 1, 0, -1, -2, -3, -4, -5, -6])
+    inc = np.array([1, 1, 0, 1, 0, 1, 0, 1, 0, 0, 1, 0], bool)
+    r = audit.one_run_audit(scores, inc, 0.0, 0.05, fractions=(1.0,))
+    # 12 guesses: top 6 "in" (4 right), bottom 6 "out" (4 right)
+    assert (r["r"], r["v"], r["m"], r["included"]) == (12, 8, 12, 6)
+    assert r["alpha_per_test"] == 0.05 and r["grid"][0]["v"] == 8
+
+
 def test_exposure_by_hand():
     refs = np.arange(10.0)  # M = 10 references
     e = audit.exposure([9.5, 4.5, -1.0, 9.0], refs)
@@ -142,9 +202,10 @@ def test_audit_cli_end_to_end(canary_run, tmp_path):
     assert (tmp_path / "roc.png").stat().st_size > 0
     m = res["canaries"]["references"]
     assert m == 180 - 4  # the val split minus the canaries
-    for att in ("white_box", "black_box"):
+    assert res["calibration_images"] == 60  # a third of the test split calibrates the black-box distance
+    for att in ("white_box", "black_box", "black_box_calibrated"):
         a = res["attacks"][att]
-        assert 0 <= a["auc"] <= 1 and a["n_members"] == a["n_nonmembers"] == 180
+        assert 0 <= a["auc"] <= 1 and a["n_members"] == a["n_nonmembers"] == 120
         assert set(a["exposure"]) == {"1", "3"}
         for e in a["exposure"].values():
             assert math.log2(m) - math.log2(m + 1) <= e["min"] <= e["max"] <= math.log2(m)

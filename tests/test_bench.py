@@ -24,3 +24,16 @@ def test_cli_writes_json(tmp_path):
     bench.main(["--quick", "--only", "data", "--data", "digits", "--iters", "1", "--out", str(out)])
     res = json.loads(out.read_text())
     assert res["data"]["images"] == 1797 and res["device"] == "cpu"
+
+
+def test_train_step_job_alternates_dp_and_non_private():
+    r = bench.job_train_step(2, 4, 2, "cpu", 1, width=8)
+    sp = r["slowdown_paired"]
+    assert r["k"] == 2 and r["sec_dp"] > 0 and r["sec_non_private"] > 0
+    assert sp["pairs"] == 2 and sp["min"] <= sp["median"] <= sp["max"]
+
+
+def test_threads_job_runs_alone_and_beside_a_busy_process(tmp_path):
+    for busy in (False, True):
+        r = bench.job_threads(8, 2, "1", busy, str(tmp_path / f"run{busy}"))
+        assert r["busy_neighbour"] is busy and r["sec_per_step"] > 0 and r["threads_used"] == "1"

@@ -158,3 +158,65 @@ def test_real_celeba_subset(celeba_root, tmp_path):
     assert [len(s.splits[k]) for k in data.SPLITS] == [4560, 780, 659]
     assert s.images.shape == (5999, 1, 32, 32)
     assert 60 < s.images.float().mean() < 200  # real faces, not blank
+
+
+# ----------------------------------------------------------------------------- near-duplicate groups
+def _smooth_images(n, seed):
+    """n distinct smooth 48x48 gray 'photos' (random low-frequency patterns, like faces at this scale)."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 1, 6, 6, generator=g)
+    return (torch.nn.functional.interpolate(low, size=48, mode="bicubic", align_corners=False).clamp(0, 1) * 255)
+
+
+def test_planted_near_duplicates_are_grouped_and_never_split(tmp_path):
+    base = _smooth_images(60, 0)
+    twins = {3: 40, 7: 41, 11: 42}  # image i gets a near-copy j: re-encoded (noise) and shifted by one pixel
+    imgs = base.clone()
+    g = torch.Generator().manual_seed(1)
+    for i, j in twins.items():
+        imgs[j] = (torch.roll(base[i], 1, dims=2) + torch.randn(base[i].shape, generator=g) * 3).clamp(0, 255)
+    imgs[50] = imgs[3].clone()  # and an exact copy: a group of three
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for k, x in enumerate(imgs):
+        Image.fromarray(x[0].round().byte().numpy(), "L").save(folder / f"{k:03d}.png")
+    s = data.load_images(f"folder:{folder}", image_size=32, channels=1, cache_dir=tmp_path / "c")
+    groups = s.group_ids()
+    assert s.dedup["groups_merged"] == 3 and s.dedup["images_in_merged_groups"] == 7
+    assert groups[3] == groups[40] == groups[50] and groups[7] == groups[41] and groups[11] == groups[42]
+    assert len(torch.unique(groups)) == 60 - 4  # nothing else was merged: distinct images stay apart
+    for seed in range(20):  # whatever the split seed, a group lives in one split
+        splits = data.seeded_split(len(groups), seed, groups=groups)
+        where = torch.full((len(groups),), -1)
+        for k, idx in enumerate(splits.values()):
+            where[idx] = k
+        assert (where >= 0).all() and all(len(set(where[groups == u].tolist())) == 1 for u in torch.unique(groups))
+    reps = s.representatives(torch.arange(60))
+    assert len(reps) == 56 and 40 not in reps.tolist() and 3 in reps.tolist()
+    # 0 disables grouping; RGB input gives the same groups (luma)
+    off = data.load_images(f"folder:{folder}", image_size=32, channels=1, cache_dir=tmp_path / "c", dedup=0)
+    assert off.groups is None
+    rgb = data.load_images(f"folder:{folder}", image_size=32, channels=3, cache_dir=tmp_path / "c")
+    assert torch.equal(rgb.group_ids(), groups)
+
+
+def test_group_split_sizes_follow_the_fractions():
+    groups = torch.arange(1000) // 2  # 500 pairs
+    splits = data.seeded_split(1000, 0, groups=groups)
+    sizes = {k: len(v) for k, v in splits.items()}
+    assert sizes["test"] in (100, 101, 102) and sizes["val"] in (100, 101, 102) and sum(sizes.values()) == 1000
+    one = data.seeded_split(10, 0, groups=torch.zeros(10, dtype=torch.long))  # a single group is never cut
+    assert [len(one[k]) for k in ("test", "val", "train")] == [10, 0, 0]
+
+
+def test_exclude_from_drops_files_named_elsewhere(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    for name in ("x.png", "y.png", "z.png"):
+        _img(a / name)
+    _img(b / "y.png")
+    s = data.load_images(f"folder:{a}", image_size=32, channels=1, cache_dir=tmp_path / "c", exclude_from=b)
+    assert sorted(s.names) == ["x.png", "z.png"] and s.dedup["excluded"] == 1
+    with pytest.raises(UserError, match="not a folder"):
+        data.load_images(f"folder:{a}", image_size=32, cache_dir=None, exclude_from=tmp_path / "nope")

@@ -174,6 +174,17 @@ def test_reported_epsilon_matches_independent_accountant(tmp_path, accountant, r
     assert log[-1]["epsilon"] == pytest.approx(res["epsilon"])
 
 
+def test_epsilon_counts_d_steps_only(tmp_path):
+    """With K = 5 D steps per G step, epsilon after T D steps equals an independent accountant's for T steps at
+    (q, sigma): the G steps are post-processing and add nothing."""
+    pytest.importorskip("dp_accounting")
+    args = train_dcgan_dp.parse_args(tiny_args(tmp_path, "--max-steps", "10", "--noise-multiplier", "1.1",
+                                               "--d-steps", "5", "--accountant", "prv", "--delta", "1e-5"))
+    res = train_dcgan.train(args, train_dcgan_dp.DPPrivacy(args))
+    assert res["dp_steps"] == 10 and res["g_steps"] == 2
+    assert res["epsilon"] == pytest.approx(_dp_accounting_eps(1.1, res["sample_rate"], 10, 1e-5, "prv"), rel=0.02)
+
+
 def test_target_epsilon_is_met():
     pytest.importorskip("dp_accounting")
     from opacus.accountants.utils import get_noise_multiplier
@@ -218,6 +229,7 @@ def test_resume_refuses_to_exceed_target(tmp_path, capsys):
     (["--max-grad-norm", "0"], "--max-grad-norm must be > 0"),
     (["--epsilon", "1", "--noise-multiplier", "1"], "exactly one"),
     (["--epsilon", "1e-9", "--epochs", "50"], "unreachable"),
+    (["--noise-multiplier", "0.001"], "cannot evaluate σ = 0.001"),
     (["--secure-rng"], "torchcsprng"),
 ])
 def test_bad_dp_input(tmp_path, capsys, extra, msg):
@@ -241,3 +253,21 @@ def test_delta_warning(tmp_path):
 
 def test_default_epsilon_is_8():
     assert train_dcgan_dp.parse_args([]).epsilon == 8.0
+
+
+@pytest.mark.parametrize("mode", ["ghost", "hooks"])
+def test_frozen_d_layers_get_neither_gradient_nor_noise(tmp_path, mode):
+    """--freeze-d F: D's first F convolutions keep their weights exactly (no noise is added to them); the rest is
+    trained with DP-SGD."""
+    import models
+
+    res = _dp_run(tmp_path, "--max-steps", "3", "--freeze-d", "2", "--grad-sample-mode", mode)
+    torch.manual_seed(0)  # train() seeds with --seed 0 before building the models
+    _, D0 = models.build_models(8, 8, 8, 1, 32)
+    D1 = torch.load(tmp_path / "ckpt.pt", weights_only=True)["D"]
+    frozen = [k for k in D1 if k.startswith(("main.0.", "main.2.", "main.3."))]  # conv 1, conv 2 and its norm
+    assert len(frozen) == 4 and all(torch.equal(D0.state_dict()[k], D1[k]) for k in frozen)
+    assert all(not torch.equal(D0.state_dict()[k], D1[k]) for k in D1 if k not in frozen)
+    assert res["dp_steps"] == 3
+    with pytest.raises(SystemExit):  # the last convolution is always trained
+        train_dcgan_dp.main(tiny_args(tmp_path / "bad", "--freeze-d", "4"))

@@ -196,3 +196,24 @@ def test_evaluate_cli_end_to_end(celeba_root, inception_weights, tmp_path):
     r2 = evaluate_mifid.evaluate(evaluate_mifid.build_parser().parse_args(
         argv[:4] + ["--real", str(tmp_path / "stats.npz")] + argv[6:12] + ["--out", str(tmp_path / "e2")]))
     assert r2["fid_train"] == pytest.approx(r["fid_train"], rel=1e-9)
+
+
+def test_evaluate_defaults_to_the_runs_own_training_set(tmp_path, inception_weights):
+    """A run trained on a coin-drawn subset is scored against exactly the images it trained on."""
+    import json
+
+    import evaluate_mifid
+    import train_dcgan
+    from conftest import tiny_args
+
+    run = tmp_path / "run"
+    train_dcgan.main(tiny_args(run, "--max-steps", "2", "--train-size", "12", "--coin-subset"))
+    td = train_dcgan.run_training_data(run)
+    evaluate_mifid.main(["--gen", str(run), "--inception-weights", str(inception_weights), "--cache-dir", "",
+                         "--kid-subset-size", "8", "--max-real", "30", "--out", str(tmp_path / "eval")])
+    r = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert r["n_train"] == len(torch.unique(td.index)) == sum(td.coins["included"])
+    assert "training set of" in r["real"] and r["n_gen"] == 16
+    with pytest.raises(SystemExit) as e:  # a plain image file set has no training set to default to
+        evaluate_mifid.main(["--gen", str(run / "samples.npz"), "--inception-weights", str(inception_weights)])
+    assert e.value.code == 2

@@ -6,45 +6,50 @@ import reproduce
 
 
 def _argv(out, weights):
-    # the --quick pipeline, shrunk further so that it fits the test suite
-    return ["--quick", "--epochs", "1", "--epsilons", "8", "--num-samples", "32", "--max-real", "40",
-            "--canaries", "2", "--inception-weights", str(weights), "--no-progress", "--cache-dir", str(out.parent / "cache"),
-            "--out", str(out)]
+    # the --quick pipeline, shrunk further so that it fits the test suite: two sizes, one epsilon
+    return ["--quick", "--train-sizes", "40,80", "--budget", "400", "--epsilons", "8", "--num-samples", "32",
+            "--max-real", "40", "--canaries", "2", "--inception-weights", str(weights), "--no-progress",
+            "--threads", "1", "--cache-dir", str(out.parent / "cache"), "--out", str(out)]
 
 
 def test_quick_pipeline_end_to_end_idempotent_and_resumable(tmp_path, inception_weights, capsys):
     out = tmp_path / "study"
     res = reproduce.main(_argv(out, inception_weights))
-    for f in ("results.md", "results.json", "fid_vs_epsilon.png", "memorization_hist.png", "samples.png",
-              "nn_galleries.png", "roc.png", "exposure.png"):
+    for f in ("results.md", "results.json", "memorization_vs_n.png", "fid_vs_epsilon.png", "memorization_hist.png",
+              "samples.png", "nn_galleries.png", "roc.png", "one_run.png", "exposure.png"):
         assert (out / f).stat().st_size > 0, f
     rows = {r["model"]: r for r in res["rows"]}
-    assert set(rows) == {"non-private", "dp-eps8"}
-    npv, dp = rows["non-private"], rows["dp-eps8"]
-    assert npv["epsilon"] is None and npv["steps"] == dp["steps"] > 0  # the same step budget
+    assert set(rows) == {"n40-non-private", "n40-dp-eps8", "n80-non-private", "n80-dp-eps8"}
+    npv, dp = rows["n40-non-private"], rows["n40-dp-eps8"]
+    assert npv["epsilon"] is None and npv["epochs"] == dp["epochs"] == 10  # the same budget of real images
+    assert rows["n80-non-private"]["epochs"] == 5  # epochs = budget / N
     assert 7 < dp["epsilon"] <= 8.0 and dp["sigma"] > 0
-    for r in (npv, dp):
+    for r in rows.values():
         assert r["fid_train"] > 0 and r["mifid"] >= r["fid_train"] * (1 - 1e-9) and 0 <= r["mia_auc_white"] <= 1
-        assert r["epsilon_lower_bound"] >= 0 and r["max_exposure"] is not None
-    assert dp["epsilon_lower_bound"] <= dp["epsilon"]
+        assert r["epsilon_lb_one_run"] >= 0 and r["max_exposure"] is not None
+        assert {o["m"] for o in r["one_run"].values()} == {2 * r["size"]}  # every coin candidate is a trial
+    assert dp["epsilon_lb_one_run"] <= dp["epsilon"]
+    refs = {r["size"]: r for r in res["reference_rows"]}
+    assert set(refs) == {40, 80} and all(r["fid_train"] > 0 for r in refs.values())
     md = (out / "results.md").read_text()
-    assert "| dp-eps8 |" in md and "2460" in md and "reversed" in md
+    assert "| 40 | n40-dp-eps8 |" in md and "real data (held-out, N = 40)" in md and "2460" in md and "reversed" in md
     saved = json.loads((out / "results.json").read_text())
     assert saved["rows"][1]["fid_train"] == dp["fid_train"]
 
     capsys.readouterr()
     again = reproduce.main(_argv(out, inception_weights))  # everything finished: all stages reused
     log = capsys.readouterr().out
-    assert log.count("reused") == 6 and "running" not in log and "training" not in log
+    assert log.count("reused") == 14 and "running" not in log and "training" not in log
     assert again["rows"] == res["rows"]
 
     # an interrupted DP run (checkpoint, no final artefacts) resumes; only its later stages are redone
-    run = out / "runs" / "dp-eps8"
+    run = out / "runs" / "n40-dp-eps8"
     (run / "results.json").unlink()
     (run / "samples.npz").unlink()
     third = reproduce.main(_argv(out, inception_weights))
     log = capsys.readouterr().out
-    assert "[dp-eps8] resuming" in log and "[dp-eps8] evaluation: running" in log and "[non-private] evaluation found" in log
+    assert "[n40-dp-eps8] resuming" in log and "[n40-dp-eps8] evaluation: running" in log
+    assert "[n40-non-private] evaluation found" in log
     assert {r["model"]: r["epsilon"] for r in third["rows"]} == {r["model"]: r["epsilon"] for r in res["rows"]}
 
 
@@ -56,3 +61,6 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as e:
         reproduce.main(["--quick", "--epsilons", "8,zero", "--out", str(tmp_path)])
     assert e.value.code == 2 and "--epsilons" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(["--quick", "--train-sizes", "0", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "--train-sizes" in capsys.readouterr().err

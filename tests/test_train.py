@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -104,3 +105,106 @@ def test_celeba_one_epoch(tmp_path):
         tiny_args(tmp_path, "--max-steps", "3", "--batch-size", "64")[2:] + ["--data", "celeba", "--data-root", root,
                                                                             "--cache-dir", str(tmp_path / "c")]))
     assert res["n_train"] == 10000 and (tmp_path / "grids" / "epoch_001.png").is_file()
+
+
+# ----------------------------------------------------------------------------- D steps per G step, EMA, warm start
+def _log(run):
+    return [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_k_d_steps_per_g_step_and_exact_resume_with_ema(tmp_path):
+    extra = ("--d-steps", "3", "--ema-decay", "0.9")
+    _run(tmp_path / "full", "--max-steps", "8", *extra)
+    _run(tmp_path / "split", "--max-steps", "4", *extra)  # stops inside a block of 3 D steps
+    res = _run(tmp_path / "split", "--max-steps", "8", "--resume", *extra)
+    assert res["steps"] == 8 and res["g_steps"] == 2  # G steps after D steps 3 and 6
+    a, wa = _weights(tmp_path / "full")
+    b, wb = _weights(tmp_path / "split")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert all(torch.equal(a["G_ema"][k], b["G_ema"][k]) for k in a["G_ema"])
+    assert not all(torch.equal(a["G_ema"][k], a["G"][k]) for k in a["G"])  # the EMA is not the raw G
+    assert [r.get("g_step") for r in _log(tmp_path / "full") if r["kind"] == "step"] == \
+        [None, None, 1, None, None, 2, None, None]
+    # the released generator is the EMA
+    G, _ = train_dcgan.load_generator(tmp_path / "full" / "generator.pt")
+    assert all(torch.equal(G.state_dict()[k], a["G_ema"][k]) for k in a["G_ema"])
+
+
+def test_ema_equals_a_hand_computation():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    ema = copy.deepcopy(model)
+    want = [p.detach().clone() for p in model.parameters()]
+    for t in range(30):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        train_dcgan.ema_update(ema, model, 0.9, t)
+        b = min(0.9, (1 + t) / (10 + t))  # warm-up, then the decay
+        want = [b * w + (1 - b) * p.detach() for w, p in zip(want, model.parameters())]
+    assert all(torch.allclose(e, w, atol=1e-6) for e, w in zip(ema.parameters(), want))
+
+
+def test_adaptive_schedule_climbs_the_ladder_by_hand():
+    s = train_dcgan.DStepSchedule(k=1, adaptive=0.6, grace=3, beta=0.5)
+    ks = []
+    for acc in [0.9, 0.9, 0.9, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2]:  # one G step each
+        while not s.d_step_done():
+            pass
+        s.g_step_done(acc)
+        ks.append(s.k)
+    # EMA after G steps 4..: 0.55, 0.375, ... <= 0.6; the first change waits for 3 G steps at K = 1
+    assert ks == [1, 1, 1, 2, 2, 2, 5, 5, 5, 10]
+    fixed, due = train_dcgan.DStepSchedule(k=4), []
+    for _ in range(9):
+        due.append(fixed.d_step_done())
+        if due[-1]:
+            fixed.g_step_done(0.0)
+    assert due == [False, False, False, True] * 2 + [False] and fixed.k == 4  # fixed K never moves
+
+
+def test_adaptive_schedule_never_reads_real_data(tmp_path, monkeypatch):
+    """K follows D's accuracy on fresh fakes only: wiping every real image once the D step has used it (and all
+    held-out images) must not change K or the weights; the schedule must also move, or the test proves nothing."""
+    extra = ("--max-steps", "60", "--adaptive-d-steps", "0.9", "--adaptive-grace", "3")
+    _run(tmp_path / "clean", *extra)
+    orig_step, orig_data = train_dcgan.NonPrivate.d_step, train_dcgan.TrainingData.__init__
+    noise = torch.Generator().manual_seed(1)  # the wiping must not consume the training run's RNG
+
+    def d_step(self, D, optD, real, fake, bce):
+        out = orig_step(self, D, optD, real, fake, bce)
+        # a later read of this batch (e.g. to measure D's accuracy) would see noise
+        real.copy_(torch.rand(real.shape, generator=noise) * 2 - 1)
+        return out
+
+    def data_init(self, args, progress=True):
+        orig_data(self, args, progress)
+        held = torch.cat([self.imgs.splits["val"], self.imgs.splits["test"]])
+        self.imgs.images[held] = torch.randint(0, 256, self.imgs.images[held].shape, generator=noise,
+                                               dtype=torch.uint8)
+
+    monkeypatch.setattr(train_dcgan.NonPrivate, "d_step", d_step)
+    monkeypatch.setattr(train_dcgan.TrainingData, "__init__", data_init)
+    _run(tmp_path / "wiped", *extra)
+    k = lambda run: [r["k"] for r in _log(run) if r["kind"] == "step"]  # noqa: E731
+    assert k(tmp_path / "clean") == k(tmp_path / "wiped") and len(set(k(tmp_path / "clean"))) > 1
+    _, wa = _weights(tmp_path / "clean")
+    _, wb = _weights(tmp_path / "wiped")
+    assert all(torch.equal(wa[key], wb[key]) for key in wa)
+
+
+def test_init_from_loads_weights_and_rejects_other_architectures(tmp_path, capsys):
+    _run(tmp_path / "src", "--max-steps", "2")
+    _run(tmp_path / "dst", "--max-steps", "1", "--init-from", str(tmp_path / "src"), "--ema-decay", "0")
+    cfg = json.loads((tmp_path / "dst" / "config.json").read_text())
+    assert cfg["init_from"]["run"] == str(tmp_path / "src") and cfg["init_from"]["same_data_as_this_run"]
+    src, _ = _weights(tmp_path / "src")
+    dst, _ = _weights(tmp_path / "dst")  # one step away from the source: close, not equal
+    d = max((src["G"][k] - dst["G"][k]).abs().max().item() for k in src["G"])
+    assert 0 < d < 0.01
+    with pytest.raises(SystemExit) as e:
+        train_dcgan.main(tiny_args(tmp_path / "bad", "--max-steps", "1", "--ngf", "16", "--init-from",
+                                   str(tmp_path / "src")))
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "different architecture" in err and "--ngf 8 there, 16 here" in err
+    assert len(err.splitlines()) == 1
