@@ -149,7 +149,7 @@ def model_plan(s: dict, out: Path, public=None) -> list:
             plan.append((n, name, "train_dcgan_dp", argv + ["--epsilon", f"{e:g}", "--delta", f"{s['delta']:g}",
                                                             "--out", str(out / "runs" / name)]))
         if public is not None:
-            warm = argv + dp_recipe_argv() + WARM + ["--init-from", str(public)]
+            warm = argv + dp_recipe_argv(s["data"]) + WARM + ["--init-from", str(public)]
             e = s["epsilon_list"][0]
             plan.append((n, f"n{n}-non-private-warm", "train_dcgan",
                          warm + ["--out", str(out / "runs" / f"n{n}-non-private-warm")]))
@@ -159,13 +159,13 @@ def model_plan(s: dict, out: Path, public=None) -> list:
     return plan
 
 
-def dp_recipe_argv() -> list:
-    """train_dcgan_dp.py's defaults as explicit flags (for a non-private run with the same recipe)."""
-    from train_dcgan_dp import DP_DEFAULTS
+def dp_recipe_argv(data: str) -> list:
+    """train_dcgan_dp.py's defaults for ``data`` as explicit flags (for a non-private run with the same recipe)."""
+    from train_dcgan_dp import dp_defaults
 
     argv = []
-    for k, v in DP_DEFAULTS.items():
-        if k not in ("lr", "epochs"):
+    for k, v in dp_defaults(data).items():
+        if k not in ("lr", "epochs") and v is not None:
             argv += [f"--{k.replace('_', '-')}", str(v)]
     return argv
 
@@ -494,9 +494,7 @@ def reproduce(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     public = None
     if s["public_root"] and s["data"] == "celeba":
-        from train_dcgan_dp import DP_DEFAULTS
-
-        public = public_pretraining(s, out, DP_DEFAULTS["ndf"], args.no_progress)
+        public = public_pretraining(s, out, _dp_default("ndf"), args.no_progress)
     plan = model_plan(s, out, public)
     print(f"reproduce ({'quick' if args.quick else 'full'} preset) -> {out}")
     for k in ("data", "data_root", "train_sizes", "budget", "epsilons", "delta", "num_samples", "max_real",
@@ -560,23 +558,30 @@ def reproduce(args) -> dict:
 
 # ----------------------------------------------------------------------------- the levers study
 # Every run: the CelebA subset at 32px grayscale, --random-split, delta = 1e-6, ngf = 32. "Old recipe" pins the
-# earlier DP defaults (D sees 30 epochs, the compute of the old study's DP runs); each lever changes one thing;
-# the best combinations are train_dcgan_dp.py's defaults, without and with the public warm start.
+# DP defaults before issue #12 (D sees 30 epochs, the compute of the old study's DP runs); each lever changes one
+# thing of it; the "best" rows are train_dcgan_dp.py's defaults, alone, with one lever taken away or added, and
+# with the public warm start. "Previous defaults" are the defaults of the session before this recipe.
 OLD_RECIPE = ["--lr", "5e-5", "--batch-size", "64", "--beta1", "0.5", "--ndf", "32", "--freeze-d", "0",
               "--d-steps", "1", "--adaptive-d-steps", "0", "--g-steps", "1", "--g-batch-size", "64", "--ema-decay", "0",
-              "--epochs", "30"]
+              "--ema-warmup", "10", "--epochs", "30"]
+PREVIOUS_DEFAULTS = ["--lr", "2e-4", "--batch-size", "512", "--epochs", "60", "--ndf", "16", "--freeze-d", "2",
+                     "--adaptive-d-steps", "0.6", "--adaptive-grace", "20", "--g-batch-size", "128",
+                     "--ema-decay", "0.999", "--ema-warmup", "10"]
 LEVERS = [  # (name, epsilon, DP arguments; "@public" = --init-from the public pretraining of the same width)
     ("old recipe", 8, OLD_RECIPE),
     ("K = 5 D steps per G step", 8, OLD_RECIPE + ["--d-steps", "5"]),
     ("adaptive K (acc <= 0.6)", 8, OLD_RECIPE + ["--adaptive-d-steps", "0.6", "--adaptive-grace", "20"]),
     ("G EMA 0.999", 8, OLD_RECIPE + ["--ema-decay", "0.999"]),
-    ("batch 512, lr 2e-4", 8, OLD_RECIPE + ["--batch-size", "512", "--lr", "2e-4"]),
-    ("fewer trained D weights (ndf 16, 2 convs frozen)", 8, OLD_RECIPE + ["--ndf", "16", "--freeze-d", "2"]),
+    ("batch 256, lr 1e-3", 8, OLD_RECIPE + ["--batch-size", "256", "--lr", "1e-3"]),
+    ("small D (ndf 16)", 8, OLD_RECIPE + ["--ndf", "16"]),
     ("public warm start", 8, OLD_RECIPE + ["@public"] + WARM),
+    ("previous defaults (ndf 16, 2 convs frozen, batch 512, adaptive K)", 8, PREVIOUS_DEFAULTS),
     ("best, no public data (the DP defaults)", 8, []),
-    ("best + public warm start", 8, ["@public"] + WARM + ["--epochs", "30"]),
+    ("best, EMA warm-up 10 instead of 3", 8, ["--ema-warmup", "10"]),
+    ("best, K = 5", 8, ["--d-steps", "5"]),
+    ("best + public warm start", 8, ["@public"] + WARM),
     ("best, no public data (the DP defaults)", 1, []),
-    ("best + public warm start", 1, ["@public"] + WARM + ["--epochs", "30"]),
+    ("best + public warm start", 1, ["@public"] + WARM),
 ]
 
 
@@ -661,7 +666,7 @@ def _value(argv, flag, default):
     return type(default)(argv[idx[-1] + 1]) if idx else default
 
 
-def _dp_default(key):
+def _dp_default(key):  # the photo-data recipe (the levers study and the public warm start are CelebA only)
     from train_dcgan_dp import DP_DEFAULTS
 
     return DP_DEFAULTS[key]

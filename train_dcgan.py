@@ -44,12 +44,12 @@ RESUME_LOCKED = ("data", "data_root", "image_size", "channels", "nz", "ngf", "nd
                  "beta1", "seed", "split_seed", "random_split", "dedup_threshold", "exclude_from", "canaries",
                  "canary_repeats", "canary_split", "canary_seed", "train_size", "coin_subset", "audit_canaries",
                  "subset_seed", "d_steps", "g_steps", "g_batch_size", "freeze_d", "adaptive_d_steps", "adaptive_grace",
-                 "ema_decay", "init_from")
+                 "ema_decay", "ema_warmup", "init_from")
 # The value a locked argument had before it existed: checkpoints written earlier resume only if it still holds.
 LOCKED_BEFORE = {"dedup_threshold": None, "exclude_from": None, "train_size": None, "coin_subset": False,
                  "audit_canaries": 0, "subset_seed": 0, "d_steps": 1, "g_steps": 1, "g_batch_size": None, "freeze_d": 0,
                  "adaptive_d_steps": None,
-                 "adaptive_grace": 50, "ema_decay": 0.0, "init_from": None}
+                 "adaptive_grace": 50, "ema_decay": 0.0, "ema_warmup": 10.0, "init_from": None}
 D_STEP_LADDER = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)  # Bie et al.'s adaptive schedule
 
 
@@ -57,7 +57,7 @@ def build_parser(prog="train_dcgan.py", description=None, defaults=None) -> argp
     """The shared parser; ``defaults`` overrides per script (train_dcgan_dp.py has its own recipe)."""
     d = {"epochs": 60, "batch_size": 64, "lr": 5e-4, "ngf": 32, "ndf": 32, "d_steps": 1, "g_steps": 1,
          "g_batch_size": None, "freeze_d": 0, "adaptive_d_steps": None, "adaptive_grace": 50, "ema_decay": 0.999,
-         **(defaults or {})}
+         "ema_warmup": 10.0, **(defaults or {})}
     p = argparse.ArgumentParser(prog=prog, description=description or __doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
@@ -108,6 +108,9 @@ def build_parser(prog="train_dcgan.py", description=None, defaults=None) -> argp
                         "--init-from's weights); fewer trained parameters means less DP noise")
     g.add_argument("--ema-decay", type=float, default=d["ema_decay"],
                    help="exponential moving average of G's weights (0: off); the EMA is the released generator")
+    g.add_argument("--ema-warmup", type=float, default=d["ema_warmup"], metavar="W",
+                   help="EMA warm-up: b = min(decay, (1 + t) / (W + t)) at G step t; W = 3 averages about the last "
+                        "half of the steps so far, W = 10 the last ninth")
     g.add_argument("--init-from", default=None, metavar="RUN",
                    help="start G and D from another run's weights (not its optimizers or privacy ledger), e.g. a "
                         "non-private pretraining on public data")
@@ -160,6 +163,8 @@ def check_args(args) -> None:
         raise UserError(f"--beta1 must be in [0, 1), got {args.beta1}")
     if not 0 <= args.ema_decay < 1:
         raise UserError(f"--ema-decay must be in [0, 1) (0 disables), got {args.ema_decay}")
+    if not args.ema_warmup >= 2:
+        raise UserError(f"--ema-warmup must be >= 2 (2 = the uniform average of all G steps), got {args.ema_warmup}")
     if args.adaptive_d_steps is not None and not 0 <= args.adaptive_d_steps < 1:
         raise UserError(f"--adaptive-d-steps is an accuracy threshold in (0, 1) (0: off), got {args.adaptive_d_steps}")
     if args.adaptive_d_steps == 0:
@@ -445,10 +450,14 @@ class DStepSchedule:
 
 
 @torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float, t: int) -> None:
-    """theta_ema <- b theta_ema + (1 - b) theta, with b = min(decay, (1 + t) / (10 + t)) after t earlier updates
-    (the warm-up keeps early, random weights from dominating a short run's average)."""
-    b = min(decay, (1 + t) / (10 + t))
+def ema_update(ema: nn.Module, model: nn.Module, decay: float, t: int, warmup: float = 10) -> None:
+    """theta_ema <- b theta_ema + (1 - b) theta, with b = min(decay, (1 + t) / (warmup + t)) after t earlier updates.
+
+    The warm-up keeps early, random weights from dominating a short run's average: until the decay's own window
+    1 / (1 - decay) is reached, the EMA averages about the last (t + warmup) / (warmup - 1) G steps, i.e. t / 9
+    for warmup 10 (TensorFlow's convention), the last half for warmup 3; warmup 2 is the uniform (Polyak)
+    average of all steps."""
+    b = min(decay, (1 + t) / (warmup + t))
     for e, p in zip(ema.parameters(), model.parameters()):
         e.lerp_(p, 1 - b)
     for e, p in zip(ema.buffers(), model.buffers()):
@@ -751,7 +760,7 @@ def train(args, privacy=None) -> dict:
                     for _ in range(args.g_steps):
                         loss_g, acc = g_step(G, D, optG, privacy, g_batch, args.nz, device, bce)
                         if G_ema is not None:
-                            ema_update(G_ema, G, args.ema_decay, g_steps)
+                            ema_update(G_ema, G, args.ema_decay, g_steps, args.ema_warmup)
                         g_steps += 1
                     if world > 1:  # every rank must take the same schedule decision
                         acc = sum(all_gather(acc)) / world

@@ -130,7 +130,8 @@ def test_k_d_steps_per_g_step_and_exact_resume_with_ema(tmp_path):
     assert all(torch.equal(G.state_dict()[k], a["G_ema"][k]) for k in a["G_ema"])
 
 
-def test_ema_equals_a_hand_computation():
+@pytest.mark.parametrize("warmup", [10.0, 3.0])
+def test_ema_equals_a_hand_computation(warmup):
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
     ema = copy.deepcopy(model)
@@ -139,8 +140,8 @@ def test_ema_equals_a_hand_computation():
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn_like(p))
-        train_dcgan.ema_update(ema, model, 0.9, t)
-        b = min(0.9, (1 + t) / (10 + t))  # warm-up, then the decay
+        train_dcgan.ema_update(ema, model, 0.9, t, warmup)
+        b = min(0.9, (1 + t) / (warmup + t))  # warm-up, then the decay
         want = [b * w + (1 - b) * p.detach() for w, p in zip(want, model.parameters())]
     assert all(torch.allclose(e, w, atol=1e-6) for e, w in zip(ema.parameters(), want))
 
