@@ -10,7 +10,8 @@ Run artefacts in ``--out`` (default outputs/<run-name>/):
   ckpt.pt            atomic checkpoint (G, its EMA, D, optimizers, D/G step counts, schedule, RNG, privacy ledger)
   log.jsonl          one JSON record per D step (losses, D(x), D(G(z)), K, epsilon for DP) + per-epoch records
   loss_curve.png     losses (and epsilon, K) against D steps
-  grids/epoch_NNN.png  64 samples of the released generator (the EMA, if any) from a fixed noise batch
+  grids/epoch_NNN.png  64 samples of the released generator (the EMA, if any) from a fixed noise batch (at
+                       most ~100 epochs: every ceil(epochs / 100)-th and the last)
   generator.pt       the released generator (EMA weights with --ema-decay) + the config to rebuild it
   samples.npz        --num-samples generated uint8 images (N, C, H, W), for evaluate_mifid.py
   results.json       steps, time, images/s, final losses (+ epsilon, delta, sigma, ... for DP)
@@ -707,6 +708,7 @@ def train(args, privacy=None) -> dict:
         log_path.write_text("".join(line + "\n" for line in keep))
     elif main_rank and ckpt is None and log_path.exists():
         log_path.unlink()
+    grid_every = math.ceil(args.epochs / 100)  # at most ~100 grids and loss plots (small N: many short epochs)
     fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed + 7)).to(device)
     bce = nn.BCEWithLogitsLoss()
     ckpt_path = out / "ckpt.pt"
@@ -790,7 +792,7 @@ def train(args, privacy=None) -> dict:
             log.write(json.dumps(erec) + "\n")
             log.flush()
             checkpoint(epoch + 1 if epoch_done else epoch, 0 if epoch_done else done_k)
-            if main_rank:
+            if main_rank and ((epoch + 1) % grid_every == 0 or epoch + 1 == args.epochs or step >= total_steps):
                 save_grid(released, fixed_z, out / "grids" / f"epoch_{epoch + 1:03d}.png")
                 plot_losses(log_path, out / "loss_curve.png")
             log_main(f"epoch {epoch + 1}: D step {step}, G step {g_steps} (K {sched.k}), "

@@ -255,6 +255,15 @@ def test_default_epsilon_is_8():
     assert train_dcgan_dp.parse_args([]).epsilon == 8.0
 
 
+def test_dp_defaults_depend_on_the_data_and_yield_to_flags():
+    digits, photos = train_dcgan_dp.parse_args([]), train_dcgan_dp.parse_args(["--data", "celeba"])
+    assert (digits.ndf, digits.epochs, digits.ema_warmup) == (8, 60, 10.0)
+    assert (photos.ndf, photos.epochs, photos.ema_warmup) == (16, 30, 3.0)
+    assert digits.batch_size == photos.batch_size == 256 and digits.lr == photos.lr == 1e-3
+    mine = train_dcgan_dp.parse_args(["--ndf", "4", "--epochs", "2", "--ema-warmup", "5"])
+    assert (mine.ndf, mine.epochs, mine.ema_warmup) == (4, 2, 5.0)
+
+
 @pytest.mark.parametrize("mode", ["ghost", "hooks"])
 def test_frozen_d_layers_get_neither_gradient_nor_noise(tmp_path, mode):
     """--freeze-d F: D's first F convolutions keep their weights exactly (no noise is added to them); the rest is
