@@ -18,6 +18,8 @@ import multiprocessing as mp
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -217,18 +219,13 @@ def job_data(data: str, root, batch: int, iters: int, threads: int, cache_dir=No
     return {"data": imgs.source, "images": len(imgs), "cache_load_s": load_s, "batch_images_per_s": batch / sec}
 
 
-def _busy_loop():
-    while True:
-        pass
-
-
 def job_threads(width: int, steps: int, threads: str, busy: bool, tmp: str) -> dict:
     """Seconds per training step of a short digits run (--threads as given), alone or beside a busy process."""
     import train_dcgan
 
-    other = mp.get_context("spawn").Process(target=_busy_loop, daemon=True) if busy else None
+    # a plain subprocess, not multiprocessing: this job runs inside a (daemonic) pool worker, which may not fork
+    other = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     if other is not None:
-        other.start()
         time.sleep(1.0)
     try:
         args = train_dcgan.build_parser().parse_args(
@@ -237,8 +234,8 @@ def job_threads(width: int, steps: int, threads: str, busy: bool, tmp: str) -> d
         res = train_dcgan.train(args)
     finally:
         if other is not None:
-            other.terminate()
-            other.join()
+            other.kill()
+            other.wait()
     return {"width": width, "threads": threads, "busy_neighbour": busy, "sec_per_step": res["wall_s"] / res["steps"],
             "threads_used": res["threads"]}
 
