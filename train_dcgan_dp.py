@@ -441,8 +441,7 @@ def dp_defaults(data: str) -> dict:
 
 
 def build_parser():
-    p = train_dcgan.build_parser(prog="train_dcgan_dp.py", description=__doc__.split("\n")[0],
-                                 defaults={**DP_DEFAULTS, **{k: None for k in BY_DATA}})
+    p = train_dcgan.build_parser(prog="train_dcgan_dp.py", description=__doc__.split("\n")[0], defaults=DP_DEFAULTS)
     for a in p._actions:
         if a.dest in BY_DATA:
             a.help += f" (default: {DP_DEFAULTS[a.dest]}; with --data digits {DIGITS_DEFAULTS[a.dest]})"
@@ -467,9 +466,10 @@ def build_parser():
 
 def parse_args(argv=None):
     args = build_parser().parse_args(argv)
-    for k, v in dp_defaults(args.data).items():
-        if k in BY_DATA and getattr(args, k, None) is None:
-            setattr(args, k, v)
+    recipe = dp_defaults(args.data)
+    for k in BY_DATA:  # not given on the command line (their parser default is SUPPRESS)
+        if not hasattr(args, k):
+            setattr(args, k, recipe[k])
     if args.epsilon is None and args.noise_multiplier is None:
         args.epsilon = 8.0
     return args
