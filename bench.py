@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils import pick_device, run_cli, versions, write_json
+from utils import keep_freed_memory, pick_device, run_cli, versions, write_json
 
 
 def _peak_rss_mb() -> float:
@@ -242,7 +242,7 @@ def job_threads(width: int, steps: int, threads: str, busy: bool, tmp: str) -> d
 
 def isolated(fn, *args):
     """Run fn(*args) in a fresh spawned process (clean peak memory, no state shared between jobs)."""
-    with mp.get_context("spawn").Pool(1) as pool:
+    with mp.get_context("spawn").Pool(1, initializer=keep_freed_memory) as pool:  # as training does
         return pool.apply(fn, args)
 
 

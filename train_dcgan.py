@@ -38,7 +38,8 @@ from tqdm.auto import tqdm
 import data as data_mod
 from models import build_models, freeze_first_convs
 from utils import (Threads, UserError, all_gather, atomic_torch_save, average_grads, broadcast_params,
-                   init_distributed, read_json, run_cli, safe_load, sha256_file, state_hash, versions, write_json)
+                   init_distributed, keep_freed_memory, read_json, run_cli, safe_load, sha256_file, state_hash,
+                   versions, write_json)
 
 # Arguments that must not change when a run is resumed (everything that shapes the trajectory).
 RESUME_LOCKED = ("data", "data_root", "image_size", "channels", "nz", "ngf", "ndf", "batch_size", "lr",
@@ -466,7 +467,10 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float, t: int, warmup: f
 
 
 def init_from(G, D, args, model_cfg: dict) -> dict:
-    """Load G's and D's weights from another run (--init-from); what was loaded, for config.json."""
+    """Load G's and D's weights from another run (--init-from); what was loaded, for config.json.
+
+    G starts from the source's released generator (its EMA when it kept one; the raw G of a GAN oscillates
+    around it and samples worse), D from the source's D."""
     src = Path(args.init_from)
     path = src / "ckpt.pt" if src.is_dir() else src
     blob = safe_load(path)
@@ -477,13 +481,14 @@ def init_from(G, D, args, model_cfg: dict) -> dict:
     if diffs:
         raise UserError(f"--init-from {src}: different architecture ({'; '.join(diffs)}); use the same "
                         "--nz/--ngf/--ndf/--image-size/--channels")
-    G.load_state_dict(blob["G"])
+    G.load_state_dict(blob.get("G_ema") or blob["G"])  # the source's released generator (its EMA, if it had one)
     D.load_state_dict(blob["D"])
     a = blob["args"]
     same = a.get("data") == args.data and (a.get("data") == "digits" or _same_path(a.get("data_root"), args.data_root))
     disjoint = bool(a.get("exclude_from")) and _same_path(a.get("exclude_from"), args.data_root)
     return {"run": str(src), "ckpt_sha256": sha256_file(path), "data": a.get("data"), "data_root": a.get("data_root"),
             "exclude_from": a.get("exclude_from"), "steps": blob.get("step"),
+            "generator": "EMA" if blob.get("G_ema") else "raw",
             "private": blob.get("privacy") is not None,
             "same_data_as_this_run": same, "disjoint_by_file_name": disjoint}
 
@@ -607,6 +612,7 @@ def train(args, privacy=None) -> dict:
     rank, world, device = init_distributed(args.device)  # torchrun: one process per CPU group / GPU
     main_rank = rank == 0
     threads = Threads(args.threads)
+    keep_freed_memory()
     if ckpt is not None and ckpt.get("world_size", 1) != world:
         raise UserError(f"{out} was trained with {ckpt.get('world_size', 1)} process(es); resume it with as many")
     torch.manual_seed(args.seed)

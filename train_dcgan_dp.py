@@ -112,34 +112,42 @@ class PairGhostClipper:
                 gs = gs.reshape(n, -1)
             sq = torch.linalg.vector_norm(gs, dim=1).square()
         else:
-            gs, (sh, sw), gm = None, m.stride, g.flatten(2)
-            hzm, wzm = oh + max(q[0] for q in groups) - 1, ow + max(q[1] for q in groups) - 1
-            (ph, pw), (H, W) = m.padding, a.shape[2:]
-            x = F.pad(a, (pw, sw * wzm - W - pw, ph, sh * hzm - H - ph))  # negative = crop unused rows
-            u = x.view(2 * n, c, hzm, sh, wzm, sw).permute(0, 2, 4, 3, 5, 1)  # (2n, hz, wz, ry, rx, C)
-            z = {}  # sub-grid pixels per shift group: (2n, hz·wz, |r|·C)
-            for (qh, qw), r in groups.items():
-                hz, wz = oh + qh - 1, ow + qw - 1
-                zq = u if len(r) == sh * sw else torch.stack([u[:, :hz, :wz, ry, rx] for ry, rx in r], 3)
-                z[qh, qw] = zq.reshape(2 * n, hz * wz, -1)
-            sq = g.new_zeros(n)
-            step = max(1, self.chunk_floats // max(zq.shape[1] ** 2 for zq in z.values()))
-            for i in range(0, n, step):
-                j = min(n, i + step)
-                for u0, v0, f in ((i, i, 1.0), (i, n + i, 2.0), (n + i, n + i, 1.0)):  # real-real, real-fake, fake-fake
-                    gg = torch.bmm(gm[u0:u0 + j - i].transpose(1, 2), gm[v0:v0 + j - i]).view(j - i, oh, ow, oh, ow)
-                    for (qh, qw), zq in z.items():
-                        hz, wz = oh + qh - 1, ow + qw - 1
-                        h = gg.new_zeros(j - i, hz, wz, hz, wz)  # H[u, v] = Σ_q gg[u - q, v - q]
-                        for qy in range(qh):
-                            for qx in range(qw):
-                                h[:, qy:qy + oh, qx:qx + ow, qy:qy + oh, qx:qx + ow] += gg
-                        k = torch.bmm(zq[u0:u0 + j - i], zq[v0:v0 + j - i].transpose(1, 2))  # pixel Gram
-                        sq[i:j] += f * (k.flatten(1) * h.flatten(1)).sum(1)
+            gs, sq = None, self._ghost_sq_norms(m, a, g, n, groups)
         if m.bias is not None:
             gb = g.sum((2, 3))
             sq = sq + (gb[:n] + gb[n:]).square().sum(1)
         return sq, gs
+
+    def _ghost_sq_norms(self, m, a, g, n, groups):
+        """Σ_{t,s} <a_t,a_s><g_t,g_s> per pair from the stride sub-grids (class docstring), in pair chunks."""
+        (sh, sw), (ph, pw) = m.stride, m.padding
+        oh, ow = g.shape[2:]
+        hz, wz = oh + max(q[0] for q in groups) - 1, ow + max(q[1] for q in groups) - 1
+        z = {}  # per shift group: the sub-grid pixels of the zero-padded input, (2n, |r|·C, hz·wz)
+        for q, r in groups.items():
+            zq = a.new_empty(2 * n, a.shape[1], len(r), hz, wz)
+            for k, (ry, rx) in enumerate(r):  # one strided copy per residue, zeros where the padding is
+                u0, v0 = -(-max(0, ph - ry) // sh), -(-max(0, pw - rx) // sw)  # first sub-grid row/col in the image
+                src = a[:, :, u0 * sh + ry - ph::sh, v0 * sw + rx - pw::sw][:, :, :hz - u0, :wz - v0]
+                u1, v1 = u0 + src.shape[2], v0 + src.shape[3]
+                zk = zq[:, :, k]
+                zk[:, :, u0:u1, v0:v1] = src
+                zk[:, :, :u0].zero_(), zk[:, :, u1:].zero_(), zk[:, :, :, :v0].zero_(), zk[:, :, :, v1:].zero_()
+            z[q] = zq.view(2 * n, -1, hz * wz)
+        gm, sq = g.flatten(2), g.new_zeros(n)
+        step = max(1, self.chunk_floats // (hz * wz) ** 2)
+        for i in range(0, n, step):
+            j = min(n, i + step)
+            for u, v, f in ((i, i, 1.0), (n + i, n + i, 1.0), (i, n + i, 2.0)):  # real-real, fake-fake, real-fake
+                gg = torch.bmm(gm[u:u + j - i].mT, gm[v:v + j - i]).view(j - i, oh, ow, oh, ow)
+                for (qh, qw), zq in z.items():
+                    h = gg.new_zeros(j - i, hz, wz, hz, wz)  # H[u, v] = Σ_q gg[u - q, v - q]
+                    for qy in range(qh):
+                        for qx in range(qw):
+                            h[:, qy:qy + oh, qx:qx + ow, qy:qy + oh, qx:qx + ow] += gg
+                    k = torch.bmm(zq[u:u + j - i].mT, zq[v:v + j - i])  # pixel Gram
+                    sq[i:j] += f * torch.linalg.vecdot(k.flatten(1), h.flatten(1))
+        return sq
 
     def step(self, D, real, fake):
         """Set p.grad of D's parameters to the per-pair clipped gradient sum; return (loss, D(x), D(G(z)))."""

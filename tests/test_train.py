@@ -195,14 +195,19 @@ def test_adaptive_schedule_never_reads_real_data(tmp_path, monkeypatch):
 
 
 def test_init_from_loads_weights_and_rejects_other_architectures(tmp_path, capsys):
-    _run(tmp_path / "src", "--max-steps", "2")
-    _run(tmp_path / "dst", "--max-steps", "1", "--init-from", str(tmp_path / "src"), "--ema-decay", "0")
+    _run(tmp_path / "src", "--max-steps", "3")  # G EMA 0.999 (the default): the released G is the EMA
+    _run(tmp_path / "dst", "--max-steps", "1", "--init-from", str(tmp_path / "src"), "--ema-decay", "0",
+         "--lr", "1e-9")
     cfg = json.loads((tmp_path / "dst" / "config.json").read_text())
     assert cfg["init_from"]["run"] == str(tmp_path / "src") and cfg["init_from"]["same_data_as_this_run"]
+    assert cfg["init_from"]["generator"] == "EMA"
     src, _ = _weights(tmp_path / "src")
-    dst, _ = _weights(tmp_path / "dst")  # one step away from the source: close, not equal
-    d = max((src["G"][k] - dst["G"][k]).abs().max().item() for k in src["G"])
-    assert 0 < d < 0.01
+    dst, _ = _weights(tmp_path / "dst")  # one tiny step away from the source's EMA generator and its D
+
+    def dist(a, b):
+        return max((a[k] - b[k]).abs().max().item() for k in a)
+    assert dist(src["G_ema"], dst["G"]) < 1e-6 < 1e-4 < dist(src["G"], dst["G"])
+    assert 0 < dist(src["D"], dst["D"]) < 1e-6
     with pytest.raises(SystemExit) as e:
         train_dcgan.main(tiny_args(tmp_path / "bad", "--max-steps", "1", "--ngf", "16", "--init-from",
                                    str(tmp_path / "src")))
