@@ -481,14 +481,15 @@ def init_from(G, D, args, model_cfg: dict) -> dict:
     if diffs:
         raise UserError(f"--init-from {src}: different architecture ({'; '.join(diffs)}); use the same "
                         "--nz/--ngf/--ndf/--image-size/--channels")
-    G.load_state_dict(blob.get("G_ema") or blob["G"])  # the source's released generator (its EMA, if it had one)
+    ema = blob.get("G_ema")
+    G.load_state_dict(ema or blob["G"])  # the source's released generator (its EMA, if it had one)
     D.load_state_dict(blob["D"])
     a = blob["args"]
     same = a.get("data") == args.data and (a.get("data") == "digits" or _same_path(a.get("data_root"), args.data_root))
     disjoint = bool(a.get("exclude_from")) and _same_path(a.get("exclude_from"), args.data_root)
     return {"run": str(src), "ckpt_sha256": sha256_file(path), "data": a.get("data"), "data_root": a.get("data_root"),
             "exclude_from": a.get("exclude_from"), "steps": blob.get("step"),
-            "generator": "EMA" if blob.get("G_ema") else "raw",
+            "generator": "EMA" if ema else "raw",
             "private": blob.get("privacy") is not None,
             "same_data_as_this_run": same, "disjoint_by_file_name": disjoint}
 

@@ -121,7 +121,6 @@ class Threads:
         return f"auto (now {self.n} of {self.cores} cores)" if self.auto else str(self.n)
 
 
-# ----------------------------------------------------------------------------- multi-process (torchrun)
 def keep_freed_memory(limit: int = 1 << 30) -> bool:
     """Keep freed blocks of up to ``limit`` bytes in the process for reuse (Linux glibc; elsewhere a no-op).
 
@@ -142,6 +141,7 @@ def keep_freed_memory(limit: int = 1 << 30) -> bool:
     return bool(mmap_ok and trim_ok)
 
 
+# ----------------------------------------------------------------------------- multi-process (torchrun)
 def init_distributed(device_arg: str = "auto"):
     """(rank, world size, device). Under torchrun (WORLD_SIZE > 1) joins the process group: gloo on CPU, nccl on
     CUDA (one GPU per process, cuda:LOCAL_RANK). A plain process returns (0, 1, pick_device(device_arg))."""
