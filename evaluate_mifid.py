@@ -60,6 +60,7 @@ def build_parser():
                    help="also save the real train/held-out features to PATH.npz (reusable as --real)")
     p.add_argument("--out", default=None, help="output folder (default: <run>/eval or outputs/eval)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs, batch jobs)")
     return p
 
 
@@ -146,7 +147,7 @@ def evaluate(args) -> dict:
     size = args.image_size or gen_u8.shape[-1]
     channels = args.channels or gen_u8.shape[1]
     extractor = metrics.InceptionFeatures(args.inception_weights, device, args.batch_size, args.strict_weights,
-                                          threads=threads)
+                                          threads=threads, progress=not args.no_progress)
     train_f, held_f, train_u8, real_desc = load_real_features(args, extractor, size, channels)
     gen_f = extractor(gen_u8, desc=f"generated features ({len(gen_u8)})")
     if args.save_stats and rank == 0:
@@ -163,7 +164,8 @@ def evaluate(args) -> dict:
     if held_f is not None:
         fid_matched = fid_train if len(train_f) <= len(held_f) else \
             metrics.fid(gen_f, train_f[subset(torch.arange(len(train_f)), len(held_f), args.seed + 1).numpy()])
-    dists, nn_idx = metrics.nearest_cosine(gen_f, train_f, device=device, progress=rank == 0)
+    dists, nn_idx = metrics.nearest_cosine(gen_f, train_f, device=device,
+                                            progress=rank == 0 and not args.no_progress)
     mi = metrics.mifid(fid_train, gen_f, train_f, args.mifid_eps, "kaggle", device)
     mi_tm = metrics.mifid(fid_train, gen_f, train_f, args.mifid_eps, "torchmetrics", device)
     kid_m, kid_s = metrics.kid(train_f, gen_f, subset_size=args.kid_subset_size, seed=args.seed)

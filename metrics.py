@@ -108,7 +108,8 @@ def to_uint8_rgb(x: torch.Tensor) -> torch.Tensor:
 class InceptionFeatures:
     """Pool3 (2048-d) features of the FID Inception-v3 network, through torch-fidelity."""
 
-    def __init__(self, weights=None, device="cpu", batch_size: int = 64, strict_weights: bool = False, threads=None):
+    def __init__(self, weights=None, device="cpu", batch_size: int = 64, strict_weights: bool = False, threads=None,
+                 progress: bool = True):
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
         self.path = resolve_inception_weights(weights)
@@ -122,6 +123,7 @@ class InceptionFeatures:
         self.model.to(self.device, memory_format=torch.channels_last).eval()
         self.batch_size = batch_size
         self.threads = threads  # utils.Threads: re-measured between batches
+        self.progress = progress
 
     @property
     def identity(self) -> dict:
@@ -136,7 +138,8 @@ class InceptionFeatures:
         rank, world = dist_world()
         starts = list(range(0, len(images), self.batch_size))[rank::world]
         out = []
-        for i in tqdm(starts, desc=desc, disable=not progress or rank != 0, leave=False, unit="batch"):
+        for i in tqdm(starts, desc=desc, disable=not (progress and self.progress) or rank != 0,
+                      leave=False, unit="batch"):
             if self.threads is not None:
                 self.threads.refresh()
             x = to_uint8_rgb(images[i:i + self.batch_size]).to(self.device).contiguous(memory_format=torch.channels_last)
