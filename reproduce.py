@@ -88,6 +88,9 @@ def build_parser():
     p.add_argument("--cache-dir", default=os.environ.get("DCGAN_CACHE_DIR", "outputs/cache"),
                    help="decoded-image and feature cache ('' disables)")
     p.add_argument("--out", default=None, help="study folder (default outputs/reproduce[-quick|-levers])")
+    p.add_argument("--rows", default=None,
+                   help="with --levers: comma-separated row numbers to run (0-%d, the numbers of the run folders; "
+                        "default all)" % (len(LEVERS) - 1))
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -494,6 +497,8 @@ def hardware(device) -> str:
 def reproduce(args) -> dict:
     if args.levers:
         return levers(args)
+    if args.rows is not None:
+        raise UserError("--rows selects rows of the levers study: use it with --levers")
     t0 = time.time()
     s = settings(args)
     out = Path(args.out or ("outputs/reproduce-quick" if args.quick else "outputs/reproduce"))
@@ -596,6 +601,7 @@ def levers(args) -> dict:
     s = settings(args)
     if s["data"] != "celeba":
         raise UserError("--levers runs on CelebA: pass --data-root (the private set) and --public-root")
+    picked = _rows(args.rows)
     out = Path(args.out or "outputs/reproduce-levers")
     common = common_argv(s) + ["--ngf", "32"]
     s["max_real"] = None
@@ -620,7 +626,11 @@ def levers(args) -> dict:
         samples[label] = load_npz(run / "samples.npz")
 
     public = {}  # ndf -> the public pretraining run of that discriminator width
-    for i, (name, eps, extra) in enumerate(LEVERS):
+    # the non-private model of the old study's budget, for comparison
+    run_model("non-private, 30 epochs", "train_dcgan", common + ["--epochs", "30", "--out",
+                                                                  str(out / "runs" / "non-private")])
+    for i in picked:
+        name, eps, extra = LEVERS[i]
         argv = common + ["--epsilon", f"{eps:g}", "--delta", f"{s['delta']:g}"] + [a for a in extra if a != "@public"]
         ndf = _value(argv, "--ndf", _dp_default("ndf"))
         if "@public" in extra:
@@ -630,9 +640,6 @@ def levers(args) -> dict:
             if ndf not in public:
                 public[ndf] = public_pretraining(s, out, ndf, args.no_progress)
             argv += ["--init-from", str(public[ndf])]
-        if i == 0:  # the non-private model of the old study's budget, for comparison
-            run_model("non-private, 30 epochs", "train_dcgan", common + ["--epochs", "30", "--out",
-                                                                          str(out / "runs" / "non-private")])
         run_model(name, "train_dcgan_dp", argv + ["--out", str(out / "runs" / f"{i:02d}-eps{eps:g}")])
     for ndf, run in public.items():  # the pretrained models themselves, scored against the private training set
         run_model(f"public pretraining only, ndf {ndf} (no private data)", None, run,
@@ -654,6 +661,19 @@ def levers(args) -> dict:
     print(markdown_table(rows, cols))
     print(f"wrote {out / 'levers.md'}, levers.json, samples.png ({(time.time() - t0) / 60:.1f} min this invocation)")
     return result
+
+
+def _rows(text) -> list:
+    """--rows as sorted indices into LEVERS (all of them if not given)."""
+    if text is None:
+        return list(range(len(LEVERS)))
+    try:
+        rows = sorted({int(e) for e in str(text).split(",") if e.strip()})
+    except ValueError:
+        rows = []
+    if not rows or rows[0] < 0 or rows[-1] >= len(LEVERS):
+        raise UserError(f"--rows must be comma-separated row numbers 0-{len(LEVERS) - 1}, got {text!r}")
+    return rows
 
 
 def cfg_argv(run: Path) -> list:

@@ -65,3 +65,9 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as e:
         reproduce.main(["--quick", "--train-sizes", "0", "--out", str(tmp_path)])
     assert e.value.code == 2 and "--train-sizes" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(["--quick", "--rows", "1", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "--levers" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(["--levers", "--data-root", str(tmp_path), "--rows", "6,99", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "--rows must be" in capsys.readouterr().err
