@@ -224,7 +224,19 @@ def versions() -> dict:
         "opacus": opacus.__version__,
         "numpy": numpy.__version__,
         "platform": platform.platform(),
+        # float results (and so a GAN's trajectory) depend on the CPU's kernels: runs are bit-identical on the
+        # same CPU and versions, not across machines
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return platform.processor() or platform.machine()
 
 
 def _atomic_write(path: Path, write) -> None:

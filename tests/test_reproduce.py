@@ -71,3 +71,15 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as e:
         reproduce.main(["--levers", "--data-root", str(tmp_path), "--rows", "6,99", "--out", str(tmp_path)])
     assert e.value.code == 2 and "--rows must be" in capsys.readouterr().err
+
+
+def test_warm_pair_shares_start_and_budget_each_with_its_scripts_recipe(tmp_path):
+    s = reproduce.settings(reproduce.build_parser().parse_args(["--data-root", str(tmp_path), "--train-sizes", "250"]))
+    plan = {name: (script, argv) for _, name, script, argv in reproduce.model_plan(s, tmp_path, public=tmp_path / "pub")}
+    (np_script, npv), (dp_script, dp) = plan["n250-non-private-warm"], plan["n250-dp-eps8-warm"]
+    assert (np_script, dp_script) == ("train_dcgan", "train_dcgan_dp")
+    for argv in (npv, dp):
+        assert reproduce._value(argv, "--init-from", "") == str(tmp_path / "pub")
+        assert reproduce._value(argv, "--ndf", 0) == reproduce._dp_default("ndf")  # the pretraining's width
+        assert reproduce._value(argv, "--epochs", 0) == 480  # the same budget as every row at N = 250
+    assert "--lr" not in npv and reproduce._value(dp, "--lr", "") == reproduce.WARM[1]
