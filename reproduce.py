@@ -142,7 +142,7 @@ WARM = ["--lr", "1e-6"]
 
 def model_plan(s: dict, out: Path, public=None) -> list:
     """[(size N, name, script module, argv)] of the models of the study. With ``public`` (the public pretraining
-    run), each size also gets a non-private and a DP (first epsilon) model fine-tuned from it: the same start
+    run), the smallest size also gets a non-private and a DP (first epsilon) model fine-tuned from it: the same start
     and budget, each with its script's recipe as for the from-scratch rows (D's width is the pretraining's; the
     DP fine-tune at the WARM lr). Why not one shared recipe: at lr 1e-6 a non-private fine-tune does not leave
     the pretraining either (measured: FID 103.7 / 85.8 / 80.9 at N = 250 / 1,000 / 2,300, every attack at
@@ -158,7 +158,7 @@ def model_plan(s: dict, out: Path, public=None) -> list:
             name = f"n{n}-dp-eps{e:g}"
             plan.append((n, name, "train_dcgan_dp", argv + ["--epsilon", f"{e:g}", "--delta", f"{s['delta']:g}",
                                                             "--out", str(out / "runs" / name)]))
-        if public is not None:
+        if public is not None and n == min(s["size_list"]):  # where memorization shows (and ~1/3 less compute)
             warm = argv + ["--ndf", str(_dp_default("ndf")), "--init-from", str(public)]
             e = s["epsilon_list"][0]
             plan.append((n, f"n{n}-non-private-warm", "train_dcgan",
@@ -425,7 +425,7 @@ def plot_fid_vs_epsilon(rows, path):
 
 
 def plot_image_panels(named_images: dict, path, title: str, ncols=None):
-    """One panel per entry; each value is a PNG path or a uint8 (N, C, H, W) tensor (first 64 shown)."""
+    """One panel per entry; each value is a PNG path, a uint8 (N, C, H, W) tensor (first 64 shown) or None (blank)."""
     from torchvision.utils import make_grid
 
     plt = _plt()
@@ -436,6 +436,8 @@ def plot_image_panels(named_images: dict, path, title: str, ncols=None):
     for ax in axes.flat:
         ax.set_axis_off()
     for ax, (name, img) in zip(axes.flat, named_images.items()):
+        if img is None:  # a blank panel
+            continue
         if isinstance(img, (str, Path)):
             ax.imshow(plt.imread(str(img)))
         else:
@@ -528,13 +530,14 @@ def reproduce(args) -> dict:
                          "wall_s": {"eval": ref.get("wall_s")}, **eval_columns(ref)})
             galleries[f"n{n}-real data (held-out)"] = out / "reference" / f"n{n}" / "eval" / "nn_gallery.png"
             dists[f"n{n}-real data"] = np.load(out / "reference" / f"n{n}" / "eval" / "nearest_distances.npy")
-            if public is not None:  # the baseline a DP fine-tune has to beat; it never saw the private data
-                ev = eval_stage(f"n{n}-public-pretraining", public, s, train_of=run,
-                                out_dir=out / "reference" / f"n{n}" / "public-pretraining")
+            if public is not None and n == min(s["size_list"]):  # the baseline of the warm pair; no private data
+                pre_dir = out / "reference" / f"n{n}" / "public-pretraining"
+                ev = eval_stage(f"n{n}-public-pretraining", public, s, train_of=run, out_dir=pre_dir)
                 pre.append({"model": "public pretraining only (no private data)", "size": n, "epsilon": 0.0,
                             "wall_s": {"eval": ev.get("wall_s")}, **eval_columns(ev)})
-                galleries[f"n{n}-public pretraining only"] = out / "reference" / f"n{n}" / "public-pretraining" / \
-                    "nn_gallery.png"
+                samples["public pretraining only"] = load_npz(public / "samples.npz")
+                galleries[f"n{n}-public pretraining only"] = pre_dir / "nn_gallery.png"
+                dists[f"n{n}-public pretraining"] = np.load(pre_dir / "nearest_distances.npy")
 
     from audit import plot_one_run, plot_roc
     from metrics import distance_histogram
@@ -545,8 +548,14 @@ def reproduce(args) -> dict:
     plot_fid_vs_epsilon(rows, out / "fid_vs_epsilon.png")
     distance_histogram(at_small(dists), out / "memorization_hist.png",
                        title=f"memorization distance at N = {smallest}: models vs held-out real images")
-    plot_image_panels(samples, out / "samples.png", "samples (the same latent noise for every model)",
-                      ncols=len(plan) // len(s["size_list"]))
+    by_size = {n: [name for m, name, _, _ in plan if m == n] + (["public pretraining only"] if pre and n == smallest
+                                                                 else []) for n in s["size_list"]}
+    ncols = max(map(len, by_size.values()))
+    panels = {}  # one row per size, padded with blank panels
+    for n, names in by_size.items():
+        panels.update({name: samples[name] for name in names})
+        panels.update({f"blank {n}-{i}": None for i in range(ncols - len(names))})
+    plot_image_panels(panels, out / "samples.png", "samples (the same latent noise for every model)", ncols=ncols)
     plot_galleries({k: v for k, v in at_small(galleries).items() if v.is_file()}, out / "nn_galleries.png")
     plot_roc(at_small(scores), out / "roc.png")
     plot_one_run(audits, out / "one_run.png")

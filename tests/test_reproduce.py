@@ -74,8 +74,10 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys, monkeypatch):
 
 
 def test_warm_pair_shares_start_and_budget_each_with_its_scripts_recipe(tmp_path):
-    s = reproduce.settings(reproduce.build_parser().parse_args(["--data-root", str(tmp_path), "--train-sizes", "250"]))
+    s = reproduce.settings(reproduce.build_parser().parse_args(["--data-root", str(tmp_path), "--train-sizes",
+                                                                "1000,250"]))
     plan = {name: (script, argv) for _, name, script, argv in reproduce.model_plan(s, tmp_path, public=tmp_path / "pub")}
+    assert [name for name in plan if name.endswith("-warm")] == ["n250-non-private-warm", "n250-dp-eps8-warm"]
     (np_script, npv), (dp_script, dp) = plan["n250-non-private-warm"], plan["n250-dp-eps8-warm"]
     assert (np_script, dp_script) == ("train_dcgan", "train_dcgan_dp")
     for argv in (npv, dp):
@@ -83,3 +85,20 @@ def test_warm_pair_shares_start_and_budget_each_with_its_scripts_recipe(tmp_path
         assert reproduce._value(argv, "--ndf", 0) == reproduce._dp_default("ndf")  # the pretraining's width
         assert reproduce._value(argv, "--epochs", 0) == 480  # the same budget as every row at N = 250
     assert "--lr" not in npv and reproduce._value(dp, "--lr", "") == reproduce.WARM[1]
+
+
+def test_sample_panels_keep_one_row_per_size_with_blanks(tmp_path):
+    import matplotlib.image
+    import torch
+
+    path = tmp_path / "p.png"
+    panel = torch.full((4, 1, 8, 8), 128, dtype=torch.uint8)
+    reproduce.plot_image_panels({"a": panel, "blank": None, "c": panel, "d": panel}, path, "t", ncols=2)
+    img = matplotlib.image.imread(str(path))[..., :3]
+    h, w = img.shape[:2]
+
+    def grey(part):  # does the region hold a pixel of the panels' grey?
+        return bool((abs(part - 128 / 255) < 0.02).all(-1).any())
+
+    assert grey(img[h // 4:h // 2, : w // 2]) and not grey(img[h // 4:h // 2, w // 2:])  # row 1: "a", then the blank
+    assert grey(img[h // 2 + h // 8:, w // 2:])  # row 2: "c", "d"
