@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import shlex
 import sys
 import time
@@ -485,7 +484,7 @@ def plot_exposure(named_audits: dict, path):
 def hardware(device) -> str:
     from utils import cpu_model
 
-    cpu = f"{os.cpu_count()} CPU cores ({cpu_model() or platform.machine()}, {torch.backends.cpu.get_cpu_capability()})"
+    cpu = f"{os.cpu_count()} CPU cores ({cpu_model()}, {torch.backends.cpu.get_cpu_capability()})"
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, {cpu}"
     return f"{device.type}, {cpu}"
@@ -509,6 +508,7 @@ def reproduce(args) -> dict:
               "canaries", "canary_repeats", "seed"):
         print(f"  {k:<15} {s[k]}")
 
+    smallest = min(s["size_list"])  # the size with the warm pair and the pretraining baseline (see model_plan)
     rows, refs, pre, audits, scores, samples, galleries, dists = [], [], [], {}, {}, {}, {}, {}
     for n, name, script, argv in plan:
         run = out / "runs" / name
@@ -530,7 +530,7 @@ def reproduce(args) -> dict:
                          "wall_s": {"eval": ref.get("wall_s")}, **eval_columns(ref)})
             galleries[f"n{n}-real data (held-out)"] = out / "reference" / f"n{n}" / "eval" / "nn_gallery.png"
             dists[f"n{n}-real data"] = np.load(out / "reference" / f"n{n}" / "eval" / "nearest_distances.npy")
-            if public is not None and n == min(s["size_list"]):  # the baseline of the warm pair; no private data
+            if public is not None and n == smallest:  # the baseline of the warm pair; no private data
                 pre_dir = out / "reference" / f"n{n}" / "public-pretraining"
                 ev = eval_stage(f"n{n}-public-pretraining", public, s, train_of=run, out_dir=pre_dir)
                 pre.append({"model": "public pretraining only (no private data)", "size": n, "epsilon": 0.0,
@@ -542,7 +542,6 @@ def reproduce(args) -> dict:
     from audit import plot_one_run, plot_roc
     from metrics import distance_histogram
 
-    smallest = min(s["size_list"])
     at_small = lambda d: {k: v for k, v in d.items() if k.startswith(f"n{smallest}-")}  # noqa: E731
     plot_memorization_vs_n(rows, refs, out / "memorization_vs_n.png")
     plot_fid_vs_epsilon(rows, out / "fid_vs_epsilon.png")

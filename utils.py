@@ -232,11 +232,13 @@ def versions() -> dict:
 
 
 def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows."""
     try:
         with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
     except OSError:
-        return platform.processor() or platform.machine()
+        name = ""
+    return name or platform.processor() or platform.machine()
 
 
 def _atomic_write(path: Path, write) -> None:
