@@ -307,7 +307,7 @@ def _plt():
 
 
 def nn_gallery(gen_u8: torch.Tensor, train_u8: torch.Tensor, dists: np.ndarray, nn_idx: np.ndarray, path,
-               top: int = 16, title: str = "") -> None:
+               top: int = 16, title: str = "", distance: str = "d") -> None:
     """The `top` most-memorised generated images (smallest d) above their nearest training images."""
     from torchvision.utils import make_grid
 
@@ -320,7 +320,7 @@ def nn_gallery(gen_u8: torch.Tensor, train_u8: torch.Tensor, dists: np.ndarray, 
     ax.imshow(grid.permute(1, 2, 0).numpy().squeeze(), cmap="gray" if grid.shape[0] == 1 else None)
     ax.set_axis_off()
     ax.set_title((title + "\n" if title else "") + "top: generated (most memorised first); bottom: nearest "
-                 "training image; d = " + ", ".join(f"{dists[i]:.3f}" for i in order[:6]) + "...", fontsize=8)
+                 f"training image; {distance} = " + ", ".join(f"{dists[i]:.3f}" for i in order[:6]) + "...", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -15,6 +15,7 @@ DP-SGD model per --epsilons value, each with its script's default recipe and the
   4. reference  held-out real images (the val split) scored like a model's samples: the FID and d floor and the
                 precision/recall ceiling at that N                     -> OUT/reference/n<N>/
   5. report     OUT/results.md, results.json and plots (memorization_vs_n.png, samples.png, nn_galleries.png,
+                copy_galleries.png,
                 fid_vs_epsilon.png, roc.png, one_run.png, exposure.png)
 
 The levers study (--levers) trains DP models with one lever at a time, and combinations, at a fixed budget on
@@ -312,9 +313,10 @@ def row(name, n, train_res, ev, au) -> dict:
         r.update({"mia_auc_white": wb["auc"], "mia_tpr_1pct_white": wb["tpr_at_fpr"]["0.01"],
                   "mia_auc_black": bb["auc"], "mia_tpr_1pct_black": bb["tpr_at_fpr"]["0.01"],
                   "mia_auc_black_raw": att["black_box"]["auc"],
+                  "copying_auc": (au.get("copies") or {}).get("copying_auc"),
                   "max_exposure": max(exposures) if exposures else None,
                   "epsilon_lb_heuristic": max(a["epsilon_lower_bound"]["epsilon_lb"] for a in att.values()),
-                  "epsilon_lb_one_run": max((o["epsilon_lb"] for o in one_run.values()), default=None),
+                  "epsilon_lb_one_run": au.get("one_run_epsilon_lb"),  # max over attacks, valid at alpha
                   "one_run": {k: {f: o[f] for f in ("epsilon_lb", "r", "v", "m", "delta", "alpha")}
                               for k, o in one_run.items()}})
     return r
@@ -332,7 +334,8 @@ COLUMNS = [("N", "size", "d"), ("model", "model", None), ("train images", "n_tra
            ("FID held-out", "fid_heldout", ".1f"), ("MiFID", "mifid", ".1f"), ("d", "memorization_d", ".3f"),
            ("d < 0.1", "frac_below_eps", ".1%"), ("precision", "precision", ".2f"), ("recall", "recall", ".2f"),
            ("AUC white-box", "mia_auc_white", ".3f"), ("TPR@1%FPR white-box", "mia_tpr_1pct_white", ".3f"),
-           ("AUC black-box", "mia_auc_black", ".3f"), ("max exposure (bits)", "max_exposure", ".1f"),
+           ("AUC black-box", "mia_auc_black", ".3f"), ("copying AUC (pixel)", "copying_auc", ".3f"),
+           ("max exposure (bits)", "max_exposure", ".1f"),
            ("ε_lb one-run", "epsilon_lb_one_run", ".2f"), ("ε_lb heuristic", "epsilon_lb_heuristic", ".2f")]
 
 
@@ -510,6 +513,7 @@ def reproduce(args) -> dict:
 
     smallest = min(s["size_list"])  # the size with the warm pair and the pretraining baseline (see model_plan)
     rows, refs, pre, audits, scores, samples, galleries, dists = [], [], [], {}, {}, {}, {}, {}
+    copy_galleries = {}
     for n, name, script, argv in plan:
         run = out / "runs" / name
         train_res = train_stage(name, script, argv, args.no_progress)
@@ -523,6 +527,7 @@ def reproduce(args) -> dict:
 
         samples[name] = load_npz(run / "samples.npz")
         galleries[name] = run / "eval" / "nn_gallery.png"
+        copy_galleries[name] = run / "audit" / "copies.png"
         dists[name] = np.load(run / "eval" / "nearest_distances.npy")
         if name.endswith("non-private"):
             ref = reference_stage(n, run, s, out)
@@ -556,6 +561,7 @@ def reproduce(args) -> dict:
         panels.update({f"blank {n}-{i}": None for i in range(ncols - len(names))})
     plot_image_panels(panels, out / "samples.png", "samples (the same latent noise for every model)", ncols=ncols)
     plot_galleries({k: v for k, v in at_small(galleries).items() if v.is_file()}, out / "nn_galleries.png")
+    plot_galleries({k: v for k, v in at_small(copy_galleries).items() if v.is_file()}, out / "copy_galleries.png")
     plot_roc(at_small(scores), out / "roc.png")
     plot_one_run(audits, out / "one_run.png")
     plot_exposure(audits, out / "exposure.png")
@@ -747,7 +753,8 @@ def render_markdown(res: dict, table, args) -> str:
           "- memorization vs N: ![](memorization_vs_n.png)",
           "- privacy–utility: ![](fid_vs_epsilon.png)",
           "- samples side by side: ![](samples.png)",
-          "- nearest-neighbour galleries at the smallest N: ![](nn_galleries.png)",
+          "- nearest-neighbour galleries at the smallest N: ![](nn_galleries.png) (Inception space), "
+          "![](copy_galleries.png) (pixel space)",
           "- memorization distances at the smallest N: ![](memorization_hist.png)",
           "- membership inference ROC at the smallest N: ![](roc.png)",
           "- one-run ε lower bound: ![](one_run.png)",

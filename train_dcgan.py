@@ -775,7 +775,7 @@ def train(args, privacy=None) -> dict:
                         acc = sum(all_gather(acc)) / world
                     sched.g_step_done(acc)  # D's accuracy on the fresh fakes of the last G step
                     rec.update(g_step=g_steps, loss_g=loss_g, acc_fake=acc, acc_fake_ema=sched.acc_ema)
-                eps = privacy.epsilon(refresh=step % 20 == 0 or k == steps_per_epoch - 1 or step == total_steps)
+                eps = privacy.epsilon(refresh=step == total_steps)  # else re-evaluated every few steps
                 if eps is not None:
                     rec["epsilon"] = eps
                 log.write(json.dumps(rec) + "\n")
@@ -793,7 +793,7 @@ def train(args, privacy=None) -> dict:
             epoch_done = done_k >= steps_per_epoch
             erec = {"kind": "epoch", "step": step, "g_step": g_steps, "epoch": epoch + 1, "k": sched.k,
                     "loss_d": rec.get("loss_d"), "loss_g": loss_g}
-            eps = privacy.epsilon(refresh=True)
+            eps = privacy.epsilon(refresh=False)
             if eps is not None:
                 erec["epsilon"] = eps
             log.write(json.dumps(erec) + "\n")

@@ -222,6 +222,7 @@ class DPPrivacy:
         self.engine = None
         self.clipper = None  # PairGhostClipper in --grad-sample-mode ghost
         self._eps_cache = (None, 0.0)  # (accountant history, ε)
+        self._eps_steps = 0  # D steps the last evaluated ε covers
 
     # ------------------------------------------------------------------ setup
     def check_args(self, args):
@@ -382,15 +383,21 @@ class DPPrivacy:
         return tuple((sums / b).tolist())
 
     # ------------------------------------------------------------------ ledger
+    REFRESH_STEPS = 20
+
     def epsilon(self, refresh: bool = True) -> float:
-        """ε spent so far. One PRV evaluation takes about 0.4 s on a CPU, so the loop refreshes it every 20 steps
-        and at epoch ends (``refresh=False`` returns the last value); memoised on the ledger."""
-        if not refresh:
+        """ε spent so far, exact with ``refresh``. One PRV evaluation takes 0.2-1 s on a CPU (longer for large σ),
+        as long as dozens of small D steps, so the loop asks with ``refresh=False``: the last value, evaluated anew
+        once REFRESH_STEPS D steps have been taken since (values in log.jsonl and the bar lag by fewer than
+        REFRESH_STEPS steps; the final step and results.json are exact). Memoised on the ledger."""
+        history = self.engine.accountant.history
+        steps = sum(s for _, _, s in history)
+        if not refresh and self._eps_steps and steps - self._eps_steps < self.REFRESH_STEPS:
             return self.last_eps
-        key = tuple(map(tuple, self.engine.accountant.history))
+        key = tuple(map(tuple, history))
         if self._eps_cache[0] != key:
             self._eps_cache = key, _accountant_epsilon(self.engine.accountant, self.args.delta, self.noise_multiplier)
-        self.last_eps = self._eps_cache[1]
+        self.last_eps, self._eps_steps = self._eps_cache[1], steps
         return self.last_eps
 
     def epsilon_after(self, steps: int, accountant: str | None = None) -> float:

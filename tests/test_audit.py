@@ -175,6 +175,34 @@ def test_black_box_attack_detects_copies_of_members():
     assert abs(r["auc"] - 0.5) < 0.12
 
 
+def test_pixel_copy_test_detects_copies_only(tmp_path):
+    imgs = data.load_images("digits", image_size=32, channels=1)
+    pool = imgs.splits["train"][torch.randperm(len(imgs.splits["train"]), generator=torch.Generator().manual_seed(2))]
+    train, heldout, fresh = imgs.images[pool[:300]], imgs.images[pool[300:500]], imgs.images[pool[500:1100]]
+    noise = torch.randint(-3, 4, (600, *train.shape[1:]), generator=torch.Generator().manual_seed(0))
+    copies = (train[torch.arange(600) % 300].int() + noise).clamp(0, 255).to(torch.uint8)
+    c = audit.pixel_copies(copies, train, heldout, "cpu", gallery=tmp_path / "copies.png")
+    assert c["copying_auc"] > 0.99 and c["fraction_below_heldout_p1"] > 0.9 and c["copying_z"] > 10
+    assert (tmp_path / "copies.png").stat().st_size > 0
+    # a "generator" that draws other images of the same distribution: as far as held-out images are
+    c = audit.pixel_copies(fresh, train, heldout, "cpu")
+    assert abs(c["copying_auc"] - 0.5) < 0.06 and c["fraction_below_heldout_p1"] < 0.05
+    # copying_auc by brute force over all (generated, held-out) pairs
+    d_gen, d_ref = audit.nearest_l2(fresh, train, "cpu"), audit.nearest_l2(heldout, train, "cpu")
+    brute = ((d_gen[:, None] < d_ref[None]).sum() + 0.5 * (d_gen[:, None] == d_ref[None]).sum()) / d_gen.size / d_ref.size
+    assert c["copying_auc"] == pytest.approx(brute, abs=1e-12)
+
+
+def test_nearest_l2_index_is_the_argmin():
+    g = torch.Generator().manual_seed(3)
+    q = torch.randint(0, 256, (9, 1, 8, 8), dtype=torch.uint8, generator=g)
+    r = torch.randint(0, 256, (20000, 1, 8, 8), dtype=torch.uint8, generator=g)  # more than one 8192 block
+    d, i = audit.nearest_l2(q, r, "cpu", chunk=4, return_index=True)
+    full = torch.cdist(q.flatten(1).float() / 255, r.flatten(1).float() / 255)
+    np.testing.assert_array_equal(i, full.argmin(1).numpy())
+    np.testing.assert_allclose(d, full.min(1).values.numpy(), rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------- the CLI on a real run
 @pytest.fixture(scope="module")
 def canary_run(tmp_path_factory):
@@ -212,10 +240,26 @@ def test_audit_cli_end_to_end(canary_run, tmp_path):
         assert a["epsilon_lower_bound"]["epsilon_lb"] >= 0
     with np.load(tmp_path / "scores.npz") as z:
         assert z["white_box_canaries"].shape == (4,) and z["black_box_references"].shape == (m,)
+    assert res["copies"]["generated"] == 64 and res["copies"]["heldout"] == 120 and (tmp_path / "copies.png").is_file()
     # deterministic: the same audit twice gives the same numbers
     audit.main(["--run", str(canary_run), "--num-samples", "64", "--out", str(tmp_path / "again")])
     again = json.loads((tmp_path / "again" / "audit.json").read_text())
     assert again["attacks"] == res["attacks"]
+
+
+def test_one_run_bound_over_attacks_holds_at_alpha(tmp_path):
+    """Each attack's one-run bound is tested at alpha / #attacks (Bonferroni), so the reported maximum over the
+    attacks holds at alpha, not at #attacks x alpha."""
+    run = tmp_path / "coins"
+    train_dcgan.main(tiny_args(run, "--max-steps", "2", "--train-size", "40", "--coin-subset"))
+    audit.main(["--run", str(run), "--num-samples", "32", "--out", str(tmp_path / "audit")])
+    res = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    per_attack = {k: a["one_run"] for k, a in res["attacks"].items()}
+    assert set(per_attack) == set(audit.ATTACKS) and res["alpha"] == 0.05
+    for o in per_attack.values():
+        assert o["m"] == 80 and o["alpha"] == pytest.approx(0.05 / len(audit.ATTACKS))
+        assert o["alpha_per_test"] == pytest.approx(o["alpha"] / len(o["grid"]))
+    assert res["one_run_epsilon_lb"] == max(o["epsilon_lb"] for o in per_attack.values())
 
 
 def test_audit_bad_input_is_one_line(tmp_path, capsys):

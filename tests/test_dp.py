@@ -174,6 +174,30 @@ def test_reported_epsilon_matches_independent_accountant(tmp_path, accountant, r
     assert log[-1]["epsilon"] == pytest.approx(res["epsilon"])
 
 
+def test_live_epsilon_is_evaluated_every_few_steps_and_exact_at_the_end(tmp_path, monkeypatch):
+    """The loop does not evaluate the accountant at every epoch end (tiny epochs made ε evaluation most of a small-N
+    DP run): every logged ε lags by fewer than REFRESH_STEPS D steps, and the last one is exact."""
+    calls = []
+    real = train_dcgan_dp._accountant_epsilon
+    monkeypatch.setattr(train_dcgan_dp, "_accountant_epsilon", lambda *a: calls.append(1) or real(*a))
+    # --train-size 40 with batch 32: 2 D steps per epoch
+    args = train_dcgan_dp.parse_args(tiny_args(tmp_path, "--train-size", "40", "--epochs", "24",
+                                               "--noise-multiplier", "1.1", "--ema-decay", "0", "--accountant", "rdp"))
+    res = train_dcgan.train(args, train_dcgan_dp.DPPrivacy(args))
+    assert res["dp_steps"] == 48
+    log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if r["kind"] == "step"]
+    # in the loop: steps 1, 21, 41 and the last; outside it, 4 (σ check, summary, both accountants in results.json)
+    assert len(calls) == 4 + 4  # once per epoch would be 24 + 4
+    priv = train_dcgan_dp.DPPrivacy(args)
+    priv.noise_multiplier, priv.sample_rate = res["noise_multiplier"], res["sample_rate"]
+    exact = {t: priv.epsilon_after(t) for t in range(1, 49)}
+    for r in steps:  # the logged value is the exact ε of the run at most REFRESH_STEPS - 1 D steps earlier
+        assert any(r["epsilon"] == pytest.approx(exact[t], rel=1e-9)
+                   for t in range(max(1, r["step"] - train_dcgan_dp.DPPrivacy.REFRESH_STEPS + 1), r["step"] + 1)), r
+    assert log[-1]["epsilon"] == steps[-1]["epsilon"] == pytest.approx(res["epsilon"], rel=1e-12)
+
+
 def test_epsilon_counts_d_steps_only(tmp_path):
     """With K = 5 D steps per G step, epsilon after T D steps equals an independent accountant's for T steps at
     (q, sigma): the G steps are post-processing and add nothing."""
