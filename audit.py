@@ -30,9 +30,9 @@ The black-box score is also reported calibrated: the distance to the nearest gen
 distance to the nearest of --calibration-size held-out real images (images that are close to everything are
 not evidence of membership).
 
-Pixel-space copies: each generated image's L2 distance to its nearest training image, against the same distance
-for held-out real images (a generator that draws new faces is as far from its training set as they are), and
-copies.png, the 16 closest generated images above their nearest training images.
+Pixel-space copies: the fraction of generated images nearer (L2) to a member than to every one of as many
+non-members (50% for a generator that draws new images), with a permutation p-value over random relabelings of
+members and non-members, and copies.png, the samples nearest a member relative to the non-members above it.
 
 Writes audit.json, scores.npz (all attack scores), roc.png, copies.png and one_run.png to --out (default
 RUN/audit).
@@ -230,55 +230,58 @@ def discriminator_scores(D, images_u8: torch.Tensor, device, batch_size: int = 2
 
 
 @torch.no_grad()
-def nearest_l2(query_u8: torch.Tensor, ref_u8: torch.Tensor, device, chunk: int = 1024, return_index: bool = False):
-    """L2 distance (pixels scaled to [0, 1]) from each query image to its nearest reference image (and, with
-    return_index, that reference's index)."""
+def nearest_l2(query_u8: torch.Tensor, ref_u8: torch.Tensor, device, chunk: int = 1024) -> np.ndarray:
+    """L2 distance (pixels scaled to [0, 1]) from each query image to its nearest reference image."""
     ref = ref_u8.flatten(1).to(device, torch.float32) / 255
-    out, idx = [], []
+    out = []
     for i in range(0, len(query_u8), chunk):
         q = query_u8[i:i + chunk].flatten(1).to(device, torch.float32) / 255
         best = torch.full((len(q),), math.inf, device=device)
-        arg = torch.zeros(len(q), dtype=torch.long, device=device)
         for j in range(0, len(ref), 8192):
-            d, k = torch.cdist(q, ref[j:j + 8192]).min(1)
-            better = d < best
-            best, arg = torch.where(better, d, best), torch.where(better, k + j, arg)
+            best = torch.minimum(best, torch.cdist(q, ref[j:j + 8192]).min(1).values)
         out.append(best.cpu())
-        idx.append(arg.cpu())
-    d = torch.cat(out).numpy()
-    return (d, torch.cat(idx).numpy()) if return_index else d
+    return torch.cat(out).numpy()
 
 
-COPY_QUANTILES = (0.001, 0.01, 0.05, 0.5)
+@torch.no_grad()
+def pixel_copies(gen_u8: torch.Tensor, members_u8: torch.Tensor, nonmembers_u8: torch.Tensor, device,
+                 permutations: int = 200, seed: int = 0, gallery=None) -> dict:
+    """Do the samples sit nearer the training images than unseen ones, in pixel space? For each generated image,
+    d_in and d_out are its L2 distances (pixels in [0, 1]) to the nearest member and to the nearest of as many
+    never-trained non-members. ``copying_rate`` = P[d_in < d_out] (ties 1/2) over the samples; ``p_value``: the
+    fraction of random relabelings of the 2n real images into two halves whose rate is at least as high (members
+    and non-members are exchangeable, so this is exact whatever the samples look like: a collapsed generator
+    whose one mode happens to lie near a member gets a high rate and a high p-value). ``fraction_ratio_below_0.5``:
+    samples at most half as far from a member as from any non-member (near-copies). ``gallery`` (a path): the 16
+    samples of smallest d_in / d_out above their nearest member."""
+    n = len(members_u8)
+    if n != len(nonmembers_u8) or n == 0:
+        raise ValueError("members and non-members must be equally many (nearest-neighbour distances depend on it)")
+    real = torch.cat([members_u8, nonmembers_u8]).flatten(1).to(device, torch.float32) / 255
+    d = torch.cat([torch.cdist(gen_u8[i:i + 1024].flatten(1).to(device, torch.float32) / 255, real)
+                   for i in range(0, len(gen_u8), 1024)])  # (samples, 2n)
 
+    def rate(first):  # first: the n columns of one half
+        other = torch.ones(2 * n, dtype=torch.bool, device=device)
+        other[first] = False
+        a, b = d[:, first].min(1).values, d[:, other].min(1).values
+        return float((a < b).float().mean() + 0.5 * (a == b).float().mean())
 
-def pixel_copies(gen_u8: torch.Tensor, train_u8: torch.Tensor, heldout_u8: torch.Tensor, device, gallery=None) -> dict:
-    """Does the generator copy training images, in pixel space? Each generated image's L2 distance to its nearest
-    training image, against the same distance for never-trained real images (held-out): a generator that draws
-    new faces is as far from the training set as held-out faces are (the global data-copying test of Meehan,
-    Chaudhuri & Dasgupta, AISTATS 2020, without their cells). ``copying_auc`` = P[a generated image is closer than a
-    held-out one] (ties 1/2; 0.5: no copying, above: copying, below: farther than real images), with the
-    Mann-Whitney z; ``fraction_below_heldout_p1``: generated images closer than the closest 1% of held-out ones
-    (about 0.01 without copying). ``gallery`` (a path): the 16 closest generated images above their nearest
-    training images."""
-    from scipy.stats import mannwhitneyu
-
-    d_gen, nn = nearest_l2(gen_u8, train_u8, device, return_index=True)
-    d_ref = nearest_l2(heldout_u8, train_u8, device)
-    p1 = float(np.quantile(d_ref, 0.01))
-    n1, n2 = len(d_gen), len(d_ref)
-    auc = float(mannwhitneyu(d_ref, d_gen).statistic) / (n1 * n2)  # pairs with d_ref > d_gen, ties 1/2
-    z = (auc - 0.5) / math.sqrt((n1 + n2 + 1) / (12 * n1 * n2))
+    observed = rate(torch.arange(n, device=device))
+    g = torch.Generator().manual_seed(seed)
+    null = [rate(torch.randperm(2 * n, generator=g)[:n].to(device)) for _ in range(permutations)]
+    d_in, nn = d[:, :n].min(1)
+    ratio = (d_in / d[:, n:].min(1).values.clamp_min(1e-12)).cpu().numpy()
     if gallery is not None:
         import metrics
 
-        metrics.nn_gallery(gen_u8, train_u8, d_gen, nn, gallery, title="pixel space (L2 on [0, 1] pixels); held-out "
-                           f"real images' 1% quantile: {p1:.2f}", distance="L2")
-    return {"space": "pixel L2 on [0, 1]", "generated": len(d_gen), "heldout": len(d_ref),
-            "generated_quantiles": {str(q): float(np.quantile(d_gen, q)) for q in COPY_QUANTILES},
-            "heldout_quantiles": {str(q): float(np.quantile(d_ref, q)) for q in COPY_QUANTILES},
-            "copying_auc": auc, "copying_z": z, "fraction_below_heldout_p1": float((d_gen < p1).mean()),
-            "fraction_below_heldout_min": float((d_gen < d_ref.min()).mean())}
+        metrics.nn_gallery(gen_u8, members_u8, ratio, nn.cpu().numpy(), gallery, distance="d_in / d_out",
+                           title="pixel space: the samples nearest a training image relative to unseen images; "
+                                 "bottom: that training image")
+    return {"space": "pixel L2 on [0, 1]", "generated": len(gen_u8), "members": n, "copying_rate": observed,
+            "p_value": (1 + sum(r >= observed for r in null)) / (1 + permutations), "permutations": permutations,
+            "null_rate_quantiles": {str(q): float(np.quantile(null, q)) for q in (0.05, 0.5, 0.95)},
+            "fraction_ratio_below_0.5": float((ratio < 0.5).mean())}
 
 
 def load_run(run: Path, data_root=None, cache_dir=None):
@@ -374,7 +377,7 @@ def audit(args) -> dict:
         if n_cal:  # difficulty calibration: how much closer the generator comes than never-trained real images
             scores[f"black_box_calibrated_{k}"] = -d_gen / np.maximum(dist(q, imgs.images[calib]), 1e-12)
 
-    copies = pixel_copies(gen_u8, imgs.images[torch.unique(td.train_idx)], imgs.images[nonmem], device,
+    copies = pixel_copies(gen_u8, imgs.images[members], imgs.images[nonmem], device, seed=args.seed,
                           gallery=out / "copies.png")
     attacks = {}
     audited = [att for att in ATTACKS if f"{att}_members" in scores]
@@ -492,9 +495,9 @@ def print_summary(res: dict) -> None:
             line += " | exposure (mean bits) " + ", ".join(f"R={k}: {v['mean']:.2f}" for k, v in r["exposure"].items())
         print(line)
     c = res["copies"]
-    print(f"  pixel-space copies: P[generated closer to the training set than held-out real] = {c['copying_auc']:.3f} "
-          f"(z = {c['copying_z']:.1f}; 0.5: no copying); {c['fraction_below_heldout_p1']:.1%} of {c['generated']} "
-          f"generated images are closer than the closest 1% of held-out images")
+    print(f"  pixel-space copies: {c['copying_rate']:.1%} of {c['generated']} samples are nearer a member than every "
+          f"non-member (permutation p = {c['p_value']:.3f}; 50% expected without copying); "
+          f"{c['fraction_ratio_below_0.5']:.2%} at most half as far")
     claimed = res["claimed_epsilon"]
     worst = max((r["one_run"]["epsilon_lb"] for r in res["attacks"].values() if r.get("one_run")), default=0.0)
     if claimed is not None and worst > claimed:

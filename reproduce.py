@@ -313,7 +313,7 @@ def row(name, n, train_res, ev, au) -> dict:
         r.update({"mia_auc_white": wb["auc"], "mia_tpr_1pct_white": wb["tpr_at_fpr"]["0.01"],
                   "mia_auc_black": bb["auc"], "mia_tpr_1pct_black": bb["tpr_at_fpr"]["0.01"],
                   "mia_auc_black_raw": att["black_box"]["auc"],
-                  "copying_auc": (au.get("copies") or {}).get("copying_auc"),
+                  "copying_rate": (au.get("copies") or {}).get("copying_rate"),
                   "max_exposure": max(exposures) if exposures else None,
                   "epsilon_lb_heuristic": max(a["epsilon_lower_bound"]["epsilon_lb"] for a in att.values()),
                   "epsilon_lb_one_run": au.get("one_run_epsilon_lb"),  # max over attacks, valid at alpha
@@ -334,7 +334,7 @@ COLUMNS = [("N", "size", "d"), ("model", "model", None), ("train images", "n_tra
            ("FID held-out", "fid_heldout", ".1f"), ("MiFID", "mifid", ".1f"), ("d", "memorization_d", ".3f"),
            ("d < 0.1", "frac_below_eps", ".1%"), ("precision", "precision", ".2f"), ("recall", "recall", ".2f"),
            ("AUC white-box", "mia_auc_white", ".3f"), ("TPR@1%FPR white-box", "mia_tpr_1pct_white", ".3f"),
-           ("AUC black-box", "mia_auc_black", ".3f"), ("copying AUC (pixel)", "copying_auc", ".3f"),
+           ("AUC black-box", "mia_auc_black", ".3f"), ("copying rate (pixel)", "copying_rate", ".1%"),
            ("max exposure (bits)", "max_exposure", ".1f"),
            ("ε_lb one-run", "epsilon_lb_one_run", ".2f"), ("ε_lb heuristic", "epsilon_lb_heuristic", ".2f")]
 

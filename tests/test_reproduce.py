@@ -26,7 +26,7 @@ def test_quick_pipeline_end_to_end_idempotent_and_resumable(tmp_path, inception_
     assert 7 < dp["epsilon"] <= 8.0 and dp["sigma"] > 0
     for r in rows.values():
         assert r["fid_train"] > 0 and r["mifid"] >= r["fid_train"] * (1 - 1e-9) and 0 <= r["mia_auc_white"] <= 1
-        assert r["epsilon_lb_one_run"] >= 0 and r["max_exposure"] is not None and 0 <= r["copying_auc"] <= 1
+        assert r["epsilon_lb_one_run"] >= 0 and r["max_exposure"] is not None and 0 <= r["copying_rate"] <= 1
         assert r["epsilon_lb_one_run"] == max(o["epsilon_lb"] for o in r["one_run"].values())
         assert {o["m"] for o in r["one_run"].values()} == {2 * r["size"]}  # every coin candidate is a trial
     assert dp["epsilon_lb_one_run"] <= dp["epsilon"]
