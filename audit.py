@@ -243,6 +243,9 @@ def nearest_l2(query_u8: torch.Tensor, ref_u8: torch.Tensor, device, chunk: int 
     return torch.cat(out).numpy()
 
 
+COPY_TEST_MAX_REAL = 2000  # members (and as many non-members) of the pixel copy test: random subsets
+
+
 @torch.no_grad()
 def pixel_copies(gen_u8: torch.Tensor, members_u8: torch.Tensor, nonmembers_u8: torch.Tensor, device,
                  permutations: int = 200, seed: int = 0, gallery=None) -> dict:
@@ -377,7 +380,8 @@ def audit(args) -> dict:
         if n_cal:  # difficulty calibration: how much closer the generator comes than never-trained real images
             scores[f"black_box_calibrated_{k}"] = -d_gen / np.maximum(dist(q, imgs.images[calib]), 1e-12)
 
-    copies = pixel_copies(gen_u8, imgs.images[members], imgs.images[nonmem], device, seed=args.seed,
+    cap = min(n, COPY_TEST_MAX_REAL)  # the test holds (samples x 2 cap) distances in memory
+    copies = pixel_copies(gen_u8, imgs.images[members[:cap]], imgs.images[nonmem[:cap]], device, seed=args.seed,
                           gallery=out / "copies.png")
     attacks = {}
     audited = [att for att in ATTACKS if f"{att}_members" in scores]
