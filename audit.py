@@ -13,7 +13,7 @@ Per attack: ROC AUC, TPR at 1% and 0.1% FPR, and the ROC curve (roc.png).
 Canary exposure (Secret Sharer, Carlini et al. 2019), for runs trained with --canaries: each canary (a held-out
 image inserted R times into training) is ranked by the attack score among the M other images of its held-out
 split (never trained on): exposure = log2(M) - log2(rank), rank = 1 + #{references scoring >= the canary}.
-log2(M) bits means the canary out-scores every reference; about 1 bit or less is chance.
+log2(M) bits means the canary out-scores every reference; a canary never learned averages log2(e) = 1.44 bits.
 
 One-run epsilon lower bound (Steinke, Nasr & Jagielski 2023), for runs trained with audit coins (--coin-subset,
 --audit-canaries): each of m candidates was included independently with probability 1/2. Guessing "in" for the
@@ -279,8 +279,7 @@ def pixel_copies(gen_u8: torch.Tensor, members_u8: torch.Tensor, nonmembers_u8: 
         import metrics
 
         metrics.nn_gallery(gen_u8, members_u8, ratio, nn.cpu().numpy(), gallery, distance="d_in / d_out",
-                           title="pixel space: the samples nearest a training image relative to unseen images; "
-                                 "bottom: that training image")
+                           title="pixel space: the samples nearest a member relative to the non-members")
     return {"space": "pixel L2 on [0, 1]", "generated": len(gen_u8), "members": n, "copying_rate": observed,
             "p_value": (1 + sum(r >= observed for r in null)) / (1 + permutations), "permutations": permutations,
             "null_rate_quantiles": {str(q): float(np.quantile(null, q)) for q in (0.05, 0.5, 0.95)},
