@@ -55,6 +55,11 @@ LOCKED_BEFORE = {"dedup_threshold": None, "exclude_from": None, "train_size": No
 D_STEP_LADDER = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)  # Bie et al.'s adaptive schedule
 
 
+# Epoch-end checkpoints at least this many D steps apart: at small N an epoch is a couple of steps, and saving G, D,
+# the EMA and both optimizers after each of them was a large share of the run. An interrupted run loses less.
+CKPT_MIN_STEPS = 50
+
+
 def build_parser(prog="train_dcgan.py", description=None, defaults=None) -> argparse.ArgumentParser:
     """The shared parser; ``defaults`` overrides per script (train_dcgan_dp.py has its own recipe)."""
     d = {"epochs": 60, "batch_size": 64, "lr": 5e-4, "ngf": 32, "ndf": 32, "d_steps": 1, "g_steps": 1,
@@ -134,7 +139,9 @@ def build_parser(prog="train_dcgan.py", description=None, defaults=None) -> argp
                    help="CPU threads: N, or auto = the cores other processes leave idle (re-measured)")
     g.add_argument("--out", default=None, help="run folder (default outputs/<run-name>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    g.add_argument("--ckpt-every", type=int, default=0, help="checkpoint every N D steps (0: every epoch)")
+    g.add_argument("--ckpt-every", type=int, default=0,
+                   help="checkpoint every N D steps (0: at epoch ends at least %d D steps apart, and at the end)"
+                        % CKPT_MIN_STEPS)
     g.add_argument("--num-samples", type=int, default=10000, help="images written to samples.npz at the end")
     g.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     return p
@@ -740,7 +747,7 @@ def train(args, privacy=None) -> dict:
     if start_k >= steps_per_epoch:
         start_epoch, start_k = start_epoch + 1, 0
 
-    t0, real_seen, rec, loss_g = time.time(), 0, {}, math.nan
+    t0, real_seen, rec, loss_g, ckpt_step = time.time(), 0, {}, math.nan, step
     wall_before = ckpt.get("wall_s", 0.0) if ckpt else 0.0  # training time of earlier invocations
     log = open(log_path if main_rank else os.devnull, "a")
     try:
@@ -788,6 +795,7 @@ def train(args, privacy=None) -> dict:
                 if args.ckpt_every and step % args.ckpt_every == 0:
                     log.flush()
                     checkpoint(epoch, done_k)
+                    ckpt_step = step
             bar.close()
             start_k = 0
             epoch_done = done_k >= steps_per_epoch
@@ -798,7 +806,9 @@ def train(args, privacy=None) -> dict:
                 erec["epsilon"] = eps
             log.write(json.dumps(erec) + "\n")
             log.flush()
-            checkpoint(epoch + 1 if epoch_done else epoch, 0 if epoch_done else done_k)
+            if step - ckpt_step >= CKPT_MIN_STEPS or epoch + 1 == args.epochs or step >= total_steps:
+                checkpoint(epoch + 1 if epoch_done else epoch, 0 if epoch_done else done_k)
+                ckpt_step = step
             if main_rank and ((epoch + 1) % grid_every == 0 or epoch + 1 == args.epochs or step >= total_steps):
                 save_grid(released, fixed_z, out / "grids" / f"epoch_{epoch + 1:03d}.png")
                 plot_losses(log_path, out / "loss_curve.png")

@@ -48,6 +48,36 @@ def test_resume_equivalence(tmp_path):
     assert steps(la) == steps(lb)
 
 
+def test_short_epochs_checkpoint_every_few_dozen_steps_and_resume_exactly(tmp_path, monkeypatch):
+    """At small N an epoch is 2 D steps: checkpoints come at epoch ends at least CKPT_MIN_STEPS apart (and at the end),
+    and a run interrupted between two of them resumes from the last one to the same weights and log."""
+    extra = ("--train-size", "40", "--epochs", "60", "--ema-decay", "0.99")  # 2 D steps per epoch, 120 in all
+    saves = []
+    real_save = train_dcgan.atomic_torch_save
+    monkeypatch.setattr(train_dcgan, "atomic_torch_save", lambda obj, path: (saves.append(obj.get("step")),
+                                                                            real_save(obj, path)))
+    _run(tmp_path / "full", *extra)
+    assert saves == [50, 100, 120, None]  # three checkpoints (not 60), then generator.pt
+
+    real_grid = train_dcgan.save_grid
+
+    def crash_at_epoch_40(G, z, path):
+        if path.name == "epoch_040.png":
+            raise KeyboardInterrupt
+        real_grid(G, z, path)
+    monkeypatch.setattr(train_dcgan, "save_grid", crash_at_epoch_40)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "split", *extra)
+    assert torch.load(tmp_path / "split" / "ckpt.pt", weights_only=True)["step"] == 50  # 30 steps are lost
+    monkeypatch.setattr(train_dcgan, "save_grid", real_grid)
+    _run(tmp_path / "split", *extra, "--resume")
+    (a, wa), (b, wb) = _weights(tmp_path / "full"), _weights(tmp_path / "split")
+    assert a["step"] == b["step"] == 120 and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert all(torch.equal(a["G_ema"][k], b["G_ema"][k]) for k in a["G_ema"])
+    lines = lambda run: [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]  # noqa: E731
+    assert lines(tmp_path / "full") == lines(tmp_path / "split")
+
+
 def test_identical_runs_in_separate_processes_are_bit_identical(tmp_path):
     # what a reader of a results table relies on: the same command, a fresh process, the same weights (the DP
     # script: the shared loop plus the noise)
