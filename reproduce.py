@@ -616,6 +616,8 @@ LEVERS = [  # (name, epsilon, DP arguments; "@public" = --init-from the public p
     ("best + public warm start", 8, ["@public"] + WARM),
     ("best, no public data (the DP defaults)", 1, []),
     ("best + public warm start", 1, ["@public"] + WARM),
+    ("best + mode-seeking G loss (λ = 1)", 8, ["--mode-seeking", "1"]),
+    ("best + mode-seeking G loss (λ = 1)", 1, ["--mode-seeking", "1"]),
 ]
 
 

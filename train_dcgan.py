@@ -46,12 +46,12 @@ RESUME_LOCKED = ("data", "data_root", "image_size", "channels", "nz", "ngf", "nd
                  "beta1", "seed", "split_seed", "random_split", "dedup_threshold", "exclude_from", "canaries",
                  "canary_repeats", "canary_split", "canary_seed", "train_size", "coin_subset", "audit_canaries",
                  "subset_seed", "d_steps", "g_steps", "g_batch_size", "freeze_d", "adaptive_d_steps", "adaptive_grace",
-                 "ema_decay", "ema_warmup", "init_from")
+                 "ema_decay", "ema_warmup", "init_from", "mode_seeking")
 # The value a locked argument had before it existed: checkpoints written earlier resume only if it still holds.
 LOCKED_BEFORE = {"dedup_threshold": None, "exclude_from": None, "train_size": None, "coin_subset": False,
                  "audit_canaries": 0, "subset_seed": 0, "d_steps": 1, "g_steps": 1, "g_batch_size": None, "freeze_d": 0,
                  "adaptive_d_steps": None,
-                 "adaptive_grace": 50, "ema_decay": 0.0, "ema_warmup": 10.0, "init_from": None}
+                 "adaptive_grace": 50, "ema_decay": 0.0, "ema_warmup": 10.0, "init_from": None, "mode_seeking": 0.0}
 D_STEP_LADDER = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)  # Bie et al.'s adaptive schedule
 
 
@@ -64,7 +64,7 @@ def build_parser(prog="train_dcgan.py", description=None, defaults=None) -> argp
     """The shared parser; ``defaults`` overrides per script (train_dcgan_dp.py has its own recipe)."""
     d = {"epochs": 60, "batch_size": 64, "lr": 5e-4, "ngf": 32, "ndf": 32, "d_steps": 1, "g_steps": 1,
          "g_batch_size": None, "freeze_d": 0, "adaptive_d_steps": None, "adaptive_grace": 50, "ema_decay": 0.999,
-         "ema_warmup": 10.0, **(defaults or {})}
+         "ema_warmup": 10.0, "mode_seeking": 0.0, **(defaults or {})}
     p = argparse.ArgumentParser(prog=prog, description=description or __doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
@@ -118,6 +118,10 @@ def build_parser(prog="train_dcgan.py", description=None, defaults=None) -> argp
     g.add_argument("--ema-warmup", type=float, default=d["ema_warmup"], metavar="W",
                    help="EMA warm-up: b = min(decay, (1 + t) / (W + t)) at G step t; W = 3 averages about the last "
                         "half of the steps so far, W = 10 the last ninth")
+    g.add_argument("--mode-seeking", type=float, default=d["mode_seeking"], metavar="LAMBDA",
+                   help="G-side diversity term (Mao et al., CVPR 2019): adds LAMBDA / (mean|G(z1) - G(z2)| / "
+                        "mean|z1 - z2| + 1e-5) over the two halves of each G batch to G's loss (0: off); reads no real "
+                        "data, so it costs no privacy")
     g.add_argument("--init-from", default=None, metavar="RUN",
                    help="start G and D from another run's weights (not its optimizers or privacy ledger), e.g. a "
                         "non-private pretraining on public data")
@@ -172,6 +176,8 @@ def check_args(args) -> None:
         raise UserError(f"--beta1 must be in [0, 1), got {args.beta1}")
     if not 0 <= args.ema_decay < 1:
         raise UserError(f"--ema-decay must be in [0, 1) (0 disables), got {args.ema_decay}")
+    if not args.mode_seeking >= 0:
+        raise UserError(f"--mode-seeking must be >= 0 (0: off), got {args.mode_seeking}")
     if not args.ema_warmup >= 2:
         raise UserError(f"--ema-warmup must be >= 2 (2 = the uniform average of all G steps), got {args.ema_warmup}")
     if args.adaptive_d_steps is not None and not 0 <= args.adaptive_d_steps < 1:
@@ -410,13 +416,22 @@ class NonPrivate:
         return {}
 
 
-def g_step(G, D, optG, privacy, batch: int, nz: int, device, bce):
-    """One generator step against the frozen D; returns (G loss, D's accuracy on these fresh fakes)."""
+def g_step(G, D, optG, privacy, batch: int, nz: int, device, bce, mode_seeking: float = 0.0):
+    """One generator step against the frozen D; returns (G's adversarial loss, D's accuracy on these fresh fakes).
+    With ``mode_seeking`` > 0, G's loss also gets the mode-seeking term of Mao et al. (2019) over the two halves of
+    the batch: penalising samples that stay alike when their noise differs counters mode collapse."""
     with privacy.frozen(D):
-        out = D(G(torch.randn(batch, nz, device=device)))
+        z = torch.randn(batch, nz, device=device)
+        x = G(z)
+        out = D(x)
         loss = bce(out, torch.ones_like(out))
+        total = loss
+        if mode_seeking and batch >= 2:
+            h = batch // 2
+            lz = (x[:h] - x[h:2 * h]).abs().mean() / (z[:h] - z[h:2 * h]).abs().mean()
+            total = loss + mode_seeking / (lz + 1e-5)
         optG.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             average_grads(G)
         optG.step()
@@ -699,7 +714,8 @@ def train(args, privacy=None) -> dict:
              f"{f' x {world} processes' if world > 1 else ''}, threads {threads.describe()} | batch {args.batch_size} "
              f"| lr {args.lr} | ngf {args.ngf} ndf {args.ndf} ({d_trained:,} D parameters trained) | {total_steps} D "
              f"steps ({steps_per_epoch}/epoch), {args.g_steps} G step(s) of {g_batch * world} fakes per K D steps, "
-             f"{k_desc} | G EMA {args.ema_decay or 'off'} | out {out}")
+             f"{k_desc} | G EMA {args.ema_decay or 'off'}"
+             + (f" | mode-seeking {args.mode_seeking:g}" if args.mode_seeking else "") + f" | out {out}")
     if imgs.dedup.get("groups_merged"):
         log_main(f"near-duplicates: {imgs.dedup['groups_merged']} groups of {imgs.dedup['images_in_merged_groups']} "
                  f"images (correlation >= {imgs.dedup['threshold']}) kept together")
@@ -774,7 +790,7 @@ def train(args, privacy=None) -> dict:
                        "d_x": d_x, "d_g_z": d_gz, "k": sched.k}
                 if sched.d_step_done():
                     for _ in range(args.g_steps):
-                        loss_g, acc = g_step(G, D, optG, privacy, g_batch, args.nz, device, bce)
+                        loss_g, acc = g_step(G, D, optG, privacy, g_batch, args.nz, device, bce, args.mode_seeking)
                         if G_ema is not None:
                             ema_update(G_ema, G, args.ema_decay, g_steps, args.ema_warmup)
                         g_steps += 1

@@ -260,3 +260,29 @@ def test_init_from_loads_weights_and_rejects_other_architectures(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and "different architecture" in err and "--ngf 8 there, 16 here" in err
     assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5])
+def test_mode_seeking_generator_loss_by_hand(lam):
+    """--mode-seeking adds lam / (mean|G(z1) - G(z2)| / mean|z1 - z2| + 1e-5) over the batch halves to G's loss."""
+    from models import build_models
+
+    torch.manual_seed(0)
+    G, D = build_models(8, 8, 8, 1, 32)
+    ref = copy.deepcopy(G)
+    bce = torch.nn.BCEWithLogitsLoss()
+    torch.manual_seed(1)
+    train_dcgan.g_step(G, D, torch.optim.SGD(G.parameters(), lr=0.1), train_dcgan.NonPrivate(None), 16, 8, "cpu", bce,
+                       lam)
+    assert all(p.grad is None for p in D.parameters())  # D is frozen in the G step
+    torch.manual_seed(1)
+    z = torch.randn(16, 8)
+    x = ref(z)
+    out = D(x)
+    lz = (x[:8] - x[8:]).abs().mean() / (z[:8] - z[8:]).abs().mean()
+    (bce(out, torch.ones_like(out)) + lam / (lz + 1e-5)).backward()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p -= 0.1 * p.grad
+    for a, b in zip(G.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
