@@ -201,6 +201,9 @@ def train_stage(name, script, argv, no_progress) -> dict:
     want = {k: v for k, v in vars(args).items() if k not in _VOLATILE}
     if (run / "results.json").is_file() and (run / "config.json").is_file():
         have = {k: v for k, v in read_json(run / "config.json")["args"].items() if k not in _VOLATILE}
+        from train_dcgan import LOCKED_BEFORE
+
+        have = {**{k: v for k, v in LOCKED_BEFORE.items() if k in want}, **have}  # flags newer than the run
         if have == want:
             print(f"[{name}] trained run found in {run}: reused")
             return read_json(run / "results.json")
