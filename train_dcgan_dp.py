@@ -16,7 +16,8 @@ Privacy semantics (what the reported epsilon covers):
   * Every generator step uses a fixed batch of --g-batch-size fakes (never the private batch size) with D
     frozen: D's parameters need no gradient and Opacus' per-sample hooks are off, so no per-sample work
     is wasted and nothing private leaks through G's step. G steps, the adaptive K schedule (D's accuracy on
-    fresh fakes) and the generator EMA read no real data: post-processing; the accountant counts D steps.
+    fresh fakes), --mode-seeking and the generator EMA read no real data: post-processing; the accountant counts
+    D steps.
   * --freeze-d layers receive neither gradient nor noise. --init-from starts from other weights: epsilon then
     covers this run's (private) training set given those weights, and is meaningful only if the source was
     not trained on the private data (a source trained on this run's own data is refused).
