@@ -502,7 +502,7 @@ def print_summary(res: dict) -> None:
           f"non-member (permutation p = {c['p_value']:.3f}; 50% expected without copying); "
           f"{c['fraction_ratio_below_0.5']:.2%} at most half as far")
     claimed = res["claimed_epsilon"]
-    worst = max((r["one_run"]["epsilon_lb"] for r in res["attacks"].values() if r.get("one_run")), default=0.0)
+    worst = res["one_run_epsilon_lb"] or 0.0
     if claimed is not None and worst > claimed:
         print(f"WARNING: the one-run lower bound {worst:.3f} exceeds the claimed ε = {claimed:.3f}: with probability "
               ">= 1 - alpha the DP guarantee is violated (an implementation or accounting bug)")

@@ -194,15 +194,13 @@ def train_stage(name, script, argv, no_progress) -> dict:
     mod = importlib.import_module(script)
     parse = mod.parse_args if hasattr(mod, "parse_args") else mod.build_parser().parse_args
     args = parse(argv + (["--no-progress"] if no_progress else []))
-    from train_dcgan import check_args
+    from train_dcgan import LOCKED_BEFORE, check_args
 
     check_args(args)  # normalises as train() does, so the comparison below sees what the run recorded
     run = Path(args.out)
     want = {k: v for k, v in vars(args).items() if k not in _VOLATILE}
     if (run / "results.json").is_file() and (run / "config.json").is_file():
         have = {k: v for k, v in read_json(run / "config.json")["args"].items() if k not in _VOLATILE}
-        from train_dcgan import LOCKED_BEFORE
-
         have = {**{k: v for k, v in LOCKED_BEFORE.items() if k in want}, **have}  # flags newer than the run
         if have == want:
             print(f"[{name}] trained run found in {run}: reused")
@@ -309,15 +307,14 @@ def row(name, n, train_res, ev, au) -> dict:
                                                       "audit": au.get("wall_s") if au else None}}
     r.update(eval_columns(ev))
     if au:
-        att = au["attacks"]
+        att, copies = au["attacks"], au.get("copies") or {}
         wb, bb = att["white_box"], att.get("black_box_calibrated", att["black_box"])
         exposures = [e["max"] for a in att.values() for e in a.get("exposure", {}).values()]
         one_run = {k: a["one_run"] for k, a in att.items() if a.get("one_run")}
         r.update({"mia_auc_white": wb["auc"], "mia_tpr_1pct_white": wb["tpr_at_fpr"]["0.01"],
                   "mia_auc_black": bb["auc"], "mia_tpr_1pct_black": bb["tpr_at_fpr"]["0.01"],
                   "mia_auc_black_raw": att["black_box"]["auc"],
-                  "copying_rate": (au.get("copies") or {}).get("copying_rate"),
-                  "copying_p": (au.get("copies") or {}).get("p_value"),
+                  "copying_rate": copies.get("copying_rate"), "copying_p": copies.get("p_value"),
                   "max_exposure": max(exposures) if exposures else None,
                   "epsilon_lb_heuristic": max(a["epsilon_lower_bound"]["epsilon_lb"] for a in att.values()),
                   "epsilon_lb_one_run": au.get("one_run_epsilon_lb"),  # max over attacks, valid at alpha

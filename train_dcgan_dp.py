@@ -223,7 +223,6 @@ class DPPrivacy:
         self.engine = None
         self.clipper = None  # PairGhostClipper in --grad-sample-mode ghost
         self._eps_cache = (None, 0.0)  # (accountant history, ε)
-        self._eps_steps = 0  # D steps the last evaluated ε covers
 
     # ------------------------------------------------------------------ setup
     def check_args(self, args):
@@ -391,14 +390,14 @@ class DPPrivacy:
         as long as dozens of small D steps, so the loop asks with ``refresh=False``: the last value, evaluated anew
         once REFRESH_STEPS D steps have been taken since (values in log.jsonl and the bar lag by fewer than
         REFRESH_STEPS steps; the final step and results.json are exact). Memoised on the ledger."""
-        history = self.engine.accountant.history
-        steps = sum(s for _, _, s in history)
-        if not refresh and self._eps_steps and steps - self._eps_steps < self.REFRESH_STEPS:
+        history, cached = self.engine.accountant.history, self._eps_cache[0]
+        if (not refresh and cached is not None
+                and sum(s for _, _, s in history) - sum(s for _, _, s in cached) < self.REFRESH_STEPS):
             return self.last_eps
         key = tuple(map(tuple, history))
-        if self._eps_cache[0] != key:
+        if cached != key:
             self._eps_cache = key, _accountant_epsilon(self.engine.accountant, self.args.delta, self.noise_multiplier)
-        self.last_eps, self._eps_steps = self._eps_cache[1], steps
+        self.last_eps = self._eps_cache[1]
         return self.last_eps
 
     def epsilon_after(self, steps: int, accountant: str | None = None) -> float:
