@@ -119,19 +119,13 @@ def load_real_features(args, extractor, size, channels):
                                     args.split_seed, random_split=args.random_split, dedup=args.dedup_threshold)
         train_all, special, what = imgs.splits["train"], torch.zeros(0, dtype=torch.long), "train"
     train_idx = subset(train_all, args.max_real, args.seed)
-    from utils import sha256_json
-
-    train_key = {"set": imgs.key, "split": "train", "idx": sha256_json(train_idx.tolist()), "size": size, "ch": channels}
     train_u8 = imgs.images[train_idx]
-    train_f = metrics.cached_features(extractor, lambda: train_u8, train_key, args.cache_dir,
-                                      desc=f"train features ({len(train_u8)})")
+    train_f = metrics.cached_features(extractor, train_u8, args.cache_dir, desc=f"train features ({len(train_u8)})")
     held = imgs.splits.get(args.heldout_split)
     held = None if held is None else subset(held[~torch.isin(held, special)], args.max_real, args.seed)
     held_f = None
     if held is not None and len(held) > 1:
-        held_key = {"set": imgs.key, "split": args.heldout_split, "idx": sha256_json(held.tolist()),
-                    "size": size, "ch": channels}
-        held_f = metrics.cached_features(extractor, lambda: imgs.images[held], held_key, args.cache_dir,
+        held_f = metrics.cached_features(extractor, imgs.images[held], args.cache_dir,
                                          desc=f"{args.heldout_split} features ({len(held)})")
     return train_f, held_f, train_u8, f"{imgs.source} ({what} {len(train_u8)}, {args.heldout_split} " \
                                       f"{0 if held is None else len(held)})"

@@ -21,6 +21,7 @@ Definitions (N_g generated features g_i, N_t training features t_j, cos = cosine
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import warnings
@@ -150,16 +151,20 @@ class InceptionFeatures:
         return torch.cat(out).numpy() if out else np.zeros((0, FEATURE_DIM), np.float32)
 
 
-def cached_features(extractor: InceptionFeatures, images_fn, key: dict, cache_dir, desc="features"):
-    """Features of a real image set, cached on disk under a key of (data identity, split, preprocessing, weights)."""
-    full_key = sha256_json({**key, **extractor.identity, "v": 1})
+def cached_features(extractor: InceptionFeatures, images: torch.Tensor, cache_dir, desc="features"):
+    """Features of a real image set, cached on disk under a hash of its pixels, the preprocessing and the weights.
+    Keyed by content, not by file names or dates: a dataset copied or restored with new mtimes keeps its cache."""
+    images = images.contiguous()
+    pixels = hashlib.sha256(images.numpy().tobytes()).hexdigest()
+    full_key = sha256_json({"pixels": pixels, "shape": list(images.shape), "dtype": str(images.dtype),
+                            **extractor.identity, "v": 2})
     path = Path(cache_dir) / f"features-{full_key[:20]}.npy" if cache_dir else None
     hit = all_gather(path is not None and path.is_file())[0]  # rank 0 decides, so all ranks extract or none
     if hit:
         feats = np.load(path, allow_pickle=False)
         print(f"using cached features {path} ({len(feats)} images)")
         return feats
-    feats = extractor(images_fn(), desc=desc)
+    feats = extractor(images, desc=desc)
     if path is not None and dist_world()[0] == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}.npy")

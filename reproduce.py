@@ -593,14 +593,17 @@ def reproduce(args) -> dict:
 # ----------------------------------------------------------------------------- the levers study
 # Every run: the CelebA subset at 32px grayscale, --random-split, delta = 1e-6, ngf = 32. "Old recipe" pins the
 # DP defaults before issue #12 (D sees 30 epochs, the compute of the old study's DP runs); each lever changes one
-# thing of it; the "best" rows are train_dcgan_dp.py's defaults, alone, with one lever taken away or added, and
-# with the public warm start. "Previous defaults" are the defaults of the session before this recipe.
+# thing of it. "Recipe A" (batch 256, lr 1e-3, ndf 16, EMA) was the default before the two G-side / augmentation
+# levers; the "DP defaults" rows are train_dcgan_dp.py's defaults (A + mode-seeking + augmentation), alone, with
+# other seeds, at epsilon = 1 and with one of those levers taken away. "Previous defaults" are the defaults of
+# an earlier session. Row numbers name the run folders, so new rows go at the end.
+OFF = ["--mode-seeking", "0", "--augment", "none"]  # the two levers added last, off
 OLD_RECIPE = ["--lr", "5e-5", "--batch-size", "64", "--beta1", "0.5", "--ndf", "32", "--freeze-d", "0",
               "--d-steps", "1", "--adaptive-d-steps", "0", "--g-steps", "1", "--g-batch-size", "64", "--ema-decay", "0",
-              "--ema-warmup", "10", "--epochs", "30"]
+              "--ema-warmup", "10", "--epochs", "30"] + OFF
 PREVIOUS_DEFAULTS = ["--lr", "2e-4", "--batch-size", "512", "--epochs", "60", "--ndf", "16", "--freeze-d", "2",
                      "--adaptive-d-steps", "0.6", "--adaptive-grace", "20", "--g-batch-size", "128",
-                     "--ema-decay", "0.999", "--ema-warmup", "10"]
+                     "--ema-decay", "0.999", "--ema-warmup", "10"] + OFF
 LEVERS = [  # (name, epsilon, DP arguments; "@public" = --init-from the public pretraining of the same width)
     ("old recipe", 8, OLD_RECIPE),
     ("K = 5 D steps per G step", 8, OLD_RECIPE + ["--d-steps", "5"]),
@@ -610,14 +613,22 @@ LEVERS = [  # (name, epsilon, DP arguments; "@public" = --init-from the public p
     ("small D (ndf 16)", 8, OLD_RECIPE + ["--ndf", "16"]),
     ("public warm start", 8, OLD_RECIPE + ["@public"] + WARM),
     ("previous defaults (ndf 16, 2 convs frozen, batch 512, adaptive K)", 8, PREVIOUS_DEFAULTS),
-    ("best, no public data (the DP defaults)", 8, []),
-    ("best, EMA warm-up 10 instead of 3", 8, ["--ema-warmup", "10"]),
-    ("best, K = 5", 8, ["--d-steps", "5"]),
-    ("best + public warm start", 8, ["@public"] + WARM),
-    ("best, no public data (the DP defaults)", 1, []),
-    ("best + public warm start", 1, ["@public"] + WARM),
-    ("best + mode-seeking G loss (λ = 1)", 8, ["--mode-seeking", "1"]),
-    ("best + mode-seeking G loss (λ = 1)", 1, ["--mode-seeking", "1"]),
+    ("recipe A (batch 256, lr 1e-3, ndf 16, EMA)", 8, OFF),
+    ("A, EMA warm-up 10 instead of 3", 8, OFF + ["--ema-warmup", "10"]),
+    ("A, K = 5", 8, OFF + ["--d-steps", "5"]),
+    ("A + public warm start", 8, OFF + ["@public"] + WARM),
+    ("recipe A", 1, OFF),
+    ("A + public warm start", 1, OFF + ["@public"] + WARM),
+    ("A + mode-seeking G loss (λ = 1)", 8, ["--augment", "none"]),
+    ("A + mode-seeking G loss (λ = 1)", 1, ["--augment", "none"]),
+    ("the DP defaults: A + mode-seeking + augmentation (translation, flip)", 8, []),
+    ("the DP defaults", 1, []),
+    ("the DP defaults, seed 1", 8, ["--seed", "1"]),
+    ("the DP defaults, seed 2", 8, ["--seed", "2"]),
+    ("A + mode-seeking, seed 1", 8, ["--augment", "none", "--seed", "1"]),
+    ("A + mode-seeking, seed 2", 8, ["--augment", "none", "--seed", "2"]),
+    ("A + augmentation, no mode-seeking", 8, ["--mode-seeking", "0"]),
+    ("the DP defaults + public warm start", 8, ["@public"] + WARM),
 ]
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 import data as data_mod
@@ -46,12 +47,13 @@ RESUME_LOCKED = ("data", "data_root", "image_size", "channels", "nz", "ngf", "nd
                  "beta1", "seed", "split_seed", "random_split", "dedup_threshold", "exclude_from", "canaries",
                  "canary_repeats", "canary_split", "canary_seed", "train_size", "coin_subset", "audit_canaries",
                  "subset_seed", "d_steps", "g_steps", "g_batch_size", "freeze_d", "adaptive_d_steps", "adaptive_grace",
-                 "ema_decay", "ema_warmup", "init_from", "mode_seeking")
+                 "ema_decay", "ema_warmup", "init_from", "mode_seeking", "augment")
 # The value a locked argument had before it existed: checkpoints written earlier resume only if it still holds.
 LOCKED_BEFORE = {"dedup_threshold": None, "exclude_from": None, "train_size": None, "coin_subset": False,
                  "audit_canaries": 0, "subset_seed": 0, "d_steps": 1, "g_steps": 1, "g_batch_size": None, "freeze_d": 0,
                  "adaptive_d_steps": None,
-                 "adaptive_grace": 50, "ema_decay": 0.0, "ema_warmup": 10.0, "init_from": None, "mode_seeking": 0.0}
+                 "adaptive_grace": 50, "ema_decay": 0.0, "ema_warmup": 10.0, "init_from": None, "mode_seeking": 0.0,
+                 "augment": ""}
 D_STEP_LADDER = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)  # Bie et al.'s adaptive schedule
 
 
@@ -64,7 +66,7 @@ def build_parser(prog="train_dcgan.py", description=None, defaults=None) -> argp
     """The shared parser; ``defaults`` overrides per script (train_dcgan_dp.py has its own recipe)."""
     d = {"epochs": 60, "batch_size": 64, "lr": 5e-4, "ngf": 32, "ndf": 32, "d_steps": 1, "g_steps": 1,
          "g_batch_size": None, "freeze_d": 0, "adaptive_d_steps": None, "adaptive_grace": 50, "ema_decay": 0.999,
-         "ema_warmup": 10.0, "mode_seeking": 0.0, **(defaults or {})}
+         "ema_warmup": 10.0, "mode_seeking": 0.0, "augment": "", **(defaults or {})}
     p = argparse.ArgumentParser(prog=prog, description=description or __doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
@@ -122,6 +124,10 @@ def build_parser(prog="train_dcgan.py", description=None, defaults=None) -> argp
                    help="G-side diversity term (Mao et al., CVPR 2019): adds LAMBDA / (mean|G(z1) - G(z2)| / "
                         "mean|z1 - z2| + 1e-5) over the two halves of each G batch to G's loss (0: off); reads no real "
                         "data, so it costs no privacy")
+    g.add_argument("--augment", default=d["augment"], metavar="OPS",
+                   help="differentiable augmentation (DiffAugment, Zhao et al., NeurIPS 2020) of every image D sees, "
+                        "real and fake, in the D and the G step: comma-separated of " + ", ".join(AUGMENTATIONS)
+                        + " (none: off); flip only where the data is mirror-symmetric (faces, not digits)")
     g.add_argument("--init-from", default=None, metavar="RUN",
                    help="start G and D from another run's weights (not its optimizers or privacy ledger), e.g. a "
                         "non-private pretraining on public data")
@@ -176,6 +182,10 @@ def check_args(args) -> None:
         raise UserError(f"--beta1 must be in [0, 1), got {args.beta1}")
     if not 0 <= args.ema_decay < 1:
         raise UserError(f"--ema-decay must be in [0, 1) (0 disables), got {args.ema_decay}")
+    ops = [o.strip() for o in str(args.augment).split(",") if o.strip() and o.strip() != "none"]
+    if any(o not in AUGMENTATIONS for o in ops):
+        raise UserError(f"--augment takes a comma-separated list of {', '.join(AUGMENTATIONS)}, got {args.augment!r}")
+    args.augment = ",".join(o for o in AUGMENTATIONS if o in ops)  # canonical order, for resume and stamps
     if not args.mode_seeking >= 0:
         raise UserError(f"--mode-seeking must be >= 0 (0: off), got {args.mode_seeking}")
     if not args.ema_warmup >= 2:
@@ -416,14 +426,37 @@ class NonPrivate:
         return {}
 
 
-def g_step(G, D, optG, privacy, batch: int, nz: int, device, bce, mode_seeking: float = 0.0):
+AUGMENTATIONS = ("translation", "flip")
+
+
+def augment(x: torch.Tensor, ops: str) -> torch.Tensor:
+    """DiffAugment (Zhao et al., NeurIPS 2020), differentiable, each image drawn independently:
+    translation shifts by up to 1/8 of the side (4 px at 32 px) in each direction, filling with zeros (mid-grey in
+    [-1, 1]), as the authors' rand_translation; flip mirrors left-right with probability 1/2. Applied to every image
+    D sees, real and fake, in the D and the G step, so G is not pushed to draw shifted or mirrored images."""
+    if not ops:
+        return x
+    n, _, h, w = x.shape
+    if "translation" in ops:
+        s = int(h * 0.125 + 0.5)
+        ty, tx = (torch.randint(-s, s + 1, (n, 1, 1), device=x.device) for _ in range(2))
+        rows = torch.arange(h, device=x.device).view(1, h, 1) + s + ty
+        cols = torch.arange(w, device=x.device).view(1, 1, w) + s + tx
+        x = F.pad(x, (s, s, s, s))[torch.arange(n, device=x.device).view(n, 1, 1), :, rows, cols].permute(0, 3, 1, 2)
+    if "flip" in ops:
+        x = torch.where(torch.rand(n, 1, 1, 1, device=x.device) < 0.5, x.flip(3), x)
+    return x.contiguous()
+
+
+def g_step(G, D, optG, privacy, batch: int, nz: int, device, bce, mode_seeking: float = 0.0, augment_ops: str = ""):
     """One generator step against the frozen D; returns (G's adversarial loss, D's accuracy on these fresh fakes).
     With ``mode_seeking`` > 0, G's loss also gets the mode-seeking term of Mao et al. (2019) over the two halves of
-    the batch: penalising samples that stay alike when their noise differs counters mode collapse."""
+    the batch: penalising samples that stay alike when their noise differs counters mode collapse. D sees the
+    fakes through ``augment_ops`` (see augment)."""
     with privacy.frozen(D):
         z = torch.randn(batch, nz, device=device)
         x = G(z)
-        out = D(x)
+        out = D(augment(x, augment_ops))
         loss = bce(out, torch.ones_like(out))
         total = loss
         if mode_seeking and batch >= 2:
@@ -715,7 +748,8 @@ def train(args, privacy=None) -> dict:
              f"| lr {args.lr} | ngf {args.ngf} ndf {args.ndf} ({d_trained:,} D parameters trained) | {total_steps} D "
              f"steps ({steps_per_epoch}/epoch), {args.g_steps} G step(s) of {g_batch * world} fakes per K D steps, "
              f"{k_desc} | G EMA {args.ema_decay or 'off'}"
-             + (f" | mode-seeking {args.mode_seeking:g}" if args.mode_seeking else "") + f" | out {out}")
+             + (f" | mode-seeking {args.mode_seeking:g}" if args.mode_seeking else "")
+             + (f" | augment {args.augment}" if args.augment else "") + f" | out {out}")
     if imgs.dedup.get("groups_merged"):
         log_main(f"near-duplicates: {imgs.dedup['groups_merged']} groups of {imgs.dedup['images_in_merged_groups']} "
                  f"images (correlation >= {imgs.dedup['threshold']}) kept together")
@@ -784,13 +818,15 @@ def train(args, privacy=None) -> dict:
                 real = data_mod.to_float(train_u8[idx.to(device)])
                 with torch.no_grad():
                     fake = G(torch.randn(len(idx), args.nz, device=device))
+                real, fake = augment(real, args.augment), augment(fake, args.augment)  # each image on its own
                 loss_d, d_x, d_gz = privacy.d_step(D, optD, real, fake, bce)  # the only read of real data
                 step, done_k, real_seen = step + 1, k + 1, real_seen + len(idx)
                 rec = {"kind": "step", "step": step, "epoch": epoch + 1, "batch": len(idx), "loss_d": loss_d,
                        "d_x": d_x, "d_g_z": d_gz, "k": sched.k}
                 if sched.d_step_done():
                     for _ in range(args.g_steps):
-                        loss_g, acc = g_step(G, D, optG, privacy, g_batch, args.nz, device, bce, args.mode_seeking)
+                        loss_g, acc = g_step(G, D, optG, privacy, g_batch, args.nz, device, bce, args.mode_seeking,
+                                             args.augment)
                         if G_ema is not None:
                             ema_update(G_ema, G, args.ema_decay, g_steps, args.ema_warmup)
                         g_steps += 1
@@ -853,6 +889,9 @@ def train(args, privacy=None) -> dict:
         dist.destroy_process_group()
     if not main_rank:
         return results
+    if not real_seen and (out / "results.json").is_file():  # --resume of a finished run: leave its artefacts alone
+        print(f"done: nothing left to train (D step {step}/{total_steps}); artefacts in {out}")
+        return read_json(out / "results.json")
     atomic_torch_save({"G": released.state_dict(), "config": model_cfg, "args": vars(args),
                        "ema": G_ema is not None}, out / "generator.pt")
     if args.num_samples:
@@ -860,11 +899,8 @@ def train(args, privacy=None) -> dict:
                                                         seed=args.seed + 1))
     plot_losses(log_path, out / "loss_curve.png")
     write_json(out / "results.json", results)
-    if real_seen:
-        print(f"done: {step} D steps, {g_steps} G steps in {elapsed:.1f}s ({results['images_per_s']} real images/s); "
-              f"artefacts in {out}")
-    else:
-        print(f"done: nothing left to train (D step {step}/{total_steps}); artefacts in {out}")
+    print(f"done: {step} D steps, {g_steps} G steps in {elapsed:.1f}s ({results['images_per_s']} real images/s); "
+          f"artefacts in {out}")
     return results
 
 

@@ -18,6 +18,9 @@ Privacy semantics (what the reported epsilon covers):
     is wasted and nothing private leaks through G's step. G steps, the adaptive K schedule (D's accuracy on
     fresh fakes), --mode-seeking and the generator EMA read no real data: post-processing; the accountant counts
     D steps.
+  * --augment transforms each real image on its own, with randomness independent of the data, before D sees
+    it: pair i's clipped gradient still depends on real example i alone, so the sensitivity (C) and the
+    accounting are unchanged.
   * --freeze-d layers receive neither gradient nor noise. --init-from starts from other weights: epsilon then
     covers this run's (private) training set given those weights, and is meaningful only if the source was
     not trained on the private data (a source trained on this run's own data is refused).
@@ -443,10 +446,11 @@ class DPPrivacy:
 # train_dcgan.py has the non-private defaults. Photo data (CelebA, image folders):
 DP_DEFAULTS = {"lr": 1e-3, "batch_size": 256, "epochs": 30, "ndf": 16, "freeze_d": 0, "d_steps": 1,
                "adaptive_d_steps": None, "adaptive_grace": 20, "g_batch_size": 128, "ema_decay": 0.999,
-               "ema_warmup": 3.0}
+               "ema_warmup": 3.0, "mode_seeking": 1.0, "augment": "translation,flip"}
 # The bundled digits have 1,437 training images, a third of the CelebA subset's: D gets a quarter of the
 # parameters (noise grows with their number, the signal with N), twice the passes and the shorter EMA window.
-DIGITS_DEFAULTS = {"ndf": 8, "epochs": 60, "ema_warmup": 10.0}
+# No augmentation: digits are not mirror-symmetric, and translation blurred the quickstart's digits into blobs.
+DIGITS_DEFAULTS = {"ndf": 8, "epochs": 60, "ema_warmup": 10.0, "augment": "none"}
 BY_DATA = tuple(DIGITS_DEFAULTS)  # defaults that depend on --data
 
 

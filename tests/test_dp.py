@@ -284,6 +284,8 @@ def test_dp_defaults_depend_on_the_data_and_yield_to_flags():
     assert (digits.ndf, digits.epochs, digits.ema_warmup) == (8, 60, 10.0)
     assert (photos.ndf, photos.epochs, photos.ema_warmup) == (16, 30, 3.0)
     assert digits.batch_size == photos.batch_size == 256 and digits.lr == photos.lr == 1e-3
+    assert digits.mode_seeking == photos.mode_seeking == 1.0
+    assert (digits.augment, photos.augment) == ("none", "translation,flip")  # digits are not mirror-symmetric
     mine = train_dcgan_dp.parse_args(["--ndf", "4", "--epochs", "2", "--ema-warmup", "5"])
     assert (mine.ndf, mine.epochs, mine.ema_warmup) == (4, 2, 5.0)
 

@@ -109,6 +109,32 @@ def test_input_range_conversion():
         metrics.to_uint8_rgb(x * 127.5 + 127.5)
 
 
+def test_feature_cache_is_keyed_by_pixels(tmp_path):
+    """Same pixels (another tensor, e.g. a dataset restored with new file dates) hit the cache; one changed pixel,
+    other Inception weights or no cache dir miss it."""
+    calls = []
+
+    class Stub:
+        identity = {"weights": "a"}
+
+        def __call__(self, images, desc=""):
+            calls.append(len(images))
+            return images.flatten(1).float().numpy()[:, :3]
+
+    x = torch.randint(0, 256, (5, 1, 4, 4), dtype=torch.uint8)
+    first = metrics.cached_features(Stub(), x, tmp_path)
+    again = metrics.cached_features(Stub(), x.clone(), tmp_path)
+    assert calls == [5] and np.array_equal(first, again)
+    y = x.clone()
+    y[2, 0, 0, 1] ^= 1
+    assert not np.array_equal(metrics.cached_features(Stub(), y, tmp_path), first) and calls == [5, 5]
+    other = Stub()
+    other.identity = {"weights": "b"}
+    metrics.cached_features(other, x, tmp_path)
+    metrics.cached_features(Stub(), x, None)
+    assert calls == [5, 5, 5, 5] and len(list(tmp_path.glob("features-*.npy"))) == 3
+
+
 def test_weights_checks(tmp_path, monkeypatch):
     bad = tmp_path / "w.pth"
     torch.save({"fc.weight": torch.zeros(2)}, bad)

@@ -94,6 +94,14 @@ def test_identical_runs_in_separate_processes_are_bit_identical(tmp_path):
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)  # the comparison can fail
 
 
+def test_resuming_a_finished_run_leaves_its_artefacts_alone(tmp_path):
+    first = _run(tmp_path, "--max-steps", "2")
+    files = {f: (tmp_path / f).read_bytes() for f in ("results.json", "samples.npz", "generator.pt", "ckpt.pt")}
+    again = _run(tmp_path, "--max-steps", "2", "--resume")
+    assert again == json.loads(files["results.json"]) and again["final_loss_d"] == first["final_loss_d"] is not None
+    assert all((tmp_path / f).read_bytes() == b for f, b in files.items())
+
+
 def test_resume_across_epoch_boundary(tmp_path):
     # digits train split = 1437 images -> 45 steps/epoch at batch 32; stop mid-epoch 2, resume to the end
     _run(tmp_path / "full", "--epochs", "2", "--max-steps", "50", "--ckpt-every", "20")
@@ -118,6 +126,7 @@ def test_refuses_to_overwrite_and_resume_mismatch(tmp_path, capsys):
     (["--data", "celeba", "--data-root", "/nonexistent"], "does not exist"),
     (["--epochs", "0"], "--epochs must be positive"),
     (["--data", "folder:/nonexistent"], "does not exist"),
+    (["--augment", "translation,rotate"], "--augment takes a comma-separated list of translation, flip"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, argv, msg):
     with pytest.raises(SystemExit) as e:
@@ -159,7 +168,7 @@ def _log(run):
 
 
 def test_k_d_steps_per_g_step_and_exact_resume_with_ema(tmp_path):
-    extra = ("--d-steps", "3", "--ema-decay", "0.9")
+    extra = ("--d-steps", "3", "--ema-decay", "0.9", "--augment", "flip,translation")
     _run(tmp_path / "full", "--max-steps", "8", *extra)
     _run(tmp_path / "split", "--max-steps", "4", *extra)  # stops inside a block of 3 D steps
     res = _run(tmp_path / "split", "--max-steps", "8", "--resume", *extra)
@@ -286,3 +295,42 @@ def test_mode_seeking_generator_loss_by_hand(lam):
             p -= 0.1 * p.grad
     for a, b in zip(G.parameters(), ref.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def _shift(img, dy, dx):
+    """img (C, H, W) moved down by dy and right by dx, zeros where it came from outside."""
+    out = torch.zeros_like(img)
+    h, w = img.shape[1:]
+    out[:, max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)] = img[:, max(0, -dy):h - max(0, dy),
+                                                                     max(0, -dx):w - max(0, dx)]
+    return out
+
+
+def test_augment_by_hand():
+    """Each image is shifted by its own (dy, dx) in [-4, 4]^2 at 32 px (zero fill) and mirrored with probability
+    1/2; gradients flow back to the pixels used; '' is the identity."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 1, 32, 32, requires_grad=True)
+    assert train_dcgan.augment(x, "") is x
+    y = train_dcgan.augment(x, "translation,flip")
+    shifts, flips = set(), 0
+    for i in range(len(x)):
+        hits = [(dy, dx, f) for f in (False, True) for dy in range(-4, 5) for dx in range(-4, 5)
+                if torch.equal(y[i], _shift(x[i].flip(2) if f else x[i], -dy, -dx))]
+        assert len(hits) == 1, i  # exactly one shift and flip explains the image
+        shifts.add(hits[0][:2])
+        flips += hits[0][2]
+    assert len(shifts) > 30 and {d for s in shifts for d in s} == set(range(-4, 5)) and 16 <= flips <= 48
+    y.sum().backward()
+    assert set(x.grad.unique().tolist()) <= {0.0, 1.0} and x.grad.sum() == sum((y[i] != 0).sum() for i in range(64))
+
+
+def test_augment_changes_training_and_is_what_d_sees(tmp_path, monkeypatch):
+    seen = []
+    orig = train_dcgan.augment
+    monkeypatch.setattr(train_dcgan, "augment", lambda x, ops: seen.append(ops) or orig(x, ops))
+    _run(tmp_path / "aug", "--max-steps", "2", "--augment", "translation")
+    assert seen == ["translation"] * 6  # D step: real and fake; G step: the fakes; twice
+    _run(tmp_path / "plain", "--max-steps", "2")
+    a, b = _weights(tmp_path / "aug")[1], _weights(tmp_path / "plain")[1]
+    assert not all(torch.equal(a[k], b[k]) for k in a)
