@@ -629,6 +629,9 @@ LEVERS = [  # (name, epsilon, DP arguments; "@public" = --init-from the public p
     ("A + mode-seeking, seed 2", 8, ["--augment", "none", "--seed", "2"]),
     ("A + augmentation, no mode-seeking", 8, ["--mode-seeking", "0"]),
     ("the DP defaults + public warm start", 8, ["@public"] + WARM),
+    ("the DP defaults, batch 512, 60 epochs", 8, ["--batch-size", "512", "--epochs", "60"]),
+    ("the DP defaults, batch 512, 60 epochs, seed 1", 8, ["--batch-size", "512", "--epochs", "60", "--seed", "1"]),
+    ("the DP defaults, batch 512, 60 epochs, seed 2", 8, ["--batch-size", "512", "--epochs", "60", "--seed", "2"]),
 ]
 
 
