@@ -53,7 +53,7 @@ LOCKED_BEFORE = {"dedup_threshold": None, "exclude_from": None, "train_size": No
                  "audit_canaries": 0, "subset_seed": 0, "d_steps": 1, "g_steps": 1, "g_batch_size": None, "freeze_d": 0,
                  "adaptive_d_steps": None,
                  "adaptive_grace": 50, "ema_decay": 0.0, "ema_warmup": 10.0, "init_from": None, "mode_seeking": 0.0,
-                 "augment": ""}
+                 "augment": "", "clipping": "flat"}
 D_STEP_LADDER = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)  # Bie et al.'s adaptive schedule
 
 
@@ -426,23 +426,34 @@ class NonPrivate:
         return {}
 
 
-AUGMENTATIONS = ("translation", "flip")
+AUGMENTATIONS = ("translation", "cutout", "flip")
 
 
 def augment(x: torch.Tensor, ops: str) -> torch.Tensor:
-    """DiffAugment (Zhao et al., NeurIPS 2020), differentiable, each image drawn independently:
-    translation shifts by up to 1/8 of the side (4 px at 32 px) in each direction, filling with zeros (mid-grey in
-    [-1, 1]), as the authors' rand_translation; flip mirrors left-right with probability 1/2. Applied to every image
-    D sees, real and fake, in the D and the G step, so G is not pushed to draw shifted or mirrored images."""
+    """DiffAugment (Zhao et al., NeurIPS 2020), differentiable, each image drawn independently, as the authors'
+    rand_translation / rand_cutout: translation shifts by up to 1/8 of the side (4 px at 32 px) in each direction,
+    filling with zeros (mid-grey in [-1, 1]); cutout sets a square of half the side, centred anywhere in the image
+    (cut off at the border), to zero; flip mirrors left-right with probability 1/2. Applied to every image D sees,
+    real and fake, in the D and the G step, so G is not pushed to draw shifted, cut or mirrored images."""
     if not ops:
         return x
+    ops = ops.split(",")
     n, _, h, w = x.shape
+    idx = torch.arange(n, device=x.device).view(n, 1, 1)
     if "translation" in ops:
         s = int(h * 0.125 + 0.5)
         ty, tx = (torch.randint(-s, s + 1, (n, 1, 1), device=x.device) for _ in range(2))
         rows = torch.arange(h, device=x.device).view(1, h, 1) + s + ty
         cols = torch.arange(w, device=x.device).view(1, 1, w) + s + tx
-        x = F.pad(x, (s, s, s, s))[torch.arange(n, device=x.device).view(n, 1, 1), :, rows, cols].permute(0, 3, 1, 2)
+        x = F.pad(x, (s, s, s, s))[idx, :, rows, cols].permute(0, 3, 1, 2)
+    if "cutout" in ops:
+        ch, cw = int(h * 0.5 + 0.5), int(w * 0.5 + 0.5)
+        cy = torch.randint(0, h + (1 - ch % 2), (n, 1, 1), device=x.device)
+        cx = torch.randint(0, w + (1 - cw % 2), (n, 1, 1), device=x.device)
+        r = torch.arange(h, device=x.device).view(1, h, 1) - (cy - ch // 2)  # position inside the square
+        c = torch.arange(w, device=x.device).view(1, 1, w) - (cx - cw // 2)
+        cut = (r >= 0) & (r < ch) & (c >= 0) & (c < cw)  # (n, h, w)
+        x = x * (~cut).unsqueeze(1).to(x.dtype)
     if "flip" in ops:
         x = torch.where(torch.rand(n, 1, 1, 1, device=x.device) < 0.5, x.flip(3), x)
     return x.contiguous()

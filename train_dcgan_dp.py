@@ -69,12 +69,19 @@ class PairGhostClipper:
     scaled per pair ("book-keeping", Bu et al. 2023), so there is no second backward pass. Opacus' own ghost
     mode clips every row of a forward pass separately and cannot express the pair; noise, its scale and the
     accounting stay Opacus' (DPOptimizerFastGradientClipping). Tests check it against per-pair autograd.
+
+    ``clipping="per-layer"`` clips each pair's gradient block by block instead: a block is a convolution with the
+    norm layers that follow it, and each of the L blocks is clipped to C / √L on its own (McMahan et al. 2018).
+    Pair i's clipped gradient then has norm ≤ √(L · C² / L) = C, so the sensitivity, Opacus' noise σC and the
+    accounting are those of flat clipping.
     """
 
-    def __init__(self, module: nn.Module, max_grad_norm: float, chunk_floats: int = 2 ** 20):
+    def __init__(self, module: nn.Module, max_grad_norm: float, chunk_floats: int = 2 ** 20, clipping: str = "flat"):
         self.max_grad_norm, self.chunk_floats = max_grad_norm, chunk_floats
-        self.layers = []
+        self.layers, self.blocks, conv = [], [], None  # blocks[j]: the clipping block of layers[j]
         for name, m in module.named_modules():
+            if isinstance(m, nn.Conv2d):
+                conv = name  # a block is a convolution (trained or frozen) and the norms after it
             if not any(p.requires_grad for p in m.parameters(recurse=False)):
                 continue
             if not (isinstance(m, nn.GroupNorm) or (type(m) is nn.Conv2d and m.groups == 1 and m.dilation == (1, 1)
@@ -82,6 +89,10 @@ class PairGhostClipper:
                 raise UserError(f"--grad-sample-mode ghost supports Conv2d (groups=1, dilation=1, zero padding) and "
                                 f"GroupNorm layers, not {name} ({type(m).__name__}); use --grad-sample-mode hooks")
             self.layers.append(m)
+            self.blocks.append(0 if clipping == "flat" else conv if conv is not None else name)
+        ids = {b: i for i, b in enumerate(dict.fromkeys(self.blocks))}
+        self.blocks = [ids[b] for b in self.blocks]
+        self.n_blocks = len(ids)
         self.last_norms = None  # per-pair gradient norms of the last call (before clipping)
 
     @staticmethod
@@ -176,8 +187,9 @@ class PairGhostClipper:
         loss = (F.binary_cross_entropy_with_logits(out_r, torch.ones_like(out_r), reduction="sum")
                 + F.binary_cross_entropy_with_logits(out_f, torch.zeros_like(out_f), reduction="sum"))
         grads = torch.autograd.grad(loss, outs)  # per-sample loss gradients w.r.t. each layer's output
-        sq, per_pair = torch.zeros(n, device=real.device, dtype=logits.dtype), {}
-        for m, a, g in zip(self.layers, acts, grads):
+        sq = torch.zeros(self.n_blocks, n, device=real.device, dtype=logits.dtype)  # per block and pair
+        per_pair = {}
+        for m, a, g, b in zip(self.layers, acts, grads, self.blocks):
             if isinstance(m, nn.Conv2d):
                 sq_m, per_pair[m] = self._conv_sq_norms(m, a, g, n)
             else:
@@ -185,10 +197,13 @@ class PairGhostClipper:
                 gb = g.flatten(2).sum(2)
                 per_pair[m] = gw = gw[:n] + gw[n:], gb[:n] + gb[n:]
                 sq_m = gw[0].square().sum(1) + gw[1].square().sum(1)
-            sq += sq_m
-        self.last_norms = sq.clamp_min(0).sqrt()
-        scale = (self.max_grad_norm / (self.last_norms + 1e-6)).clamp(max=1.0)  # Opacus' clip factor
-        for m, a, g in zip(self.layers, acts, grads):
+            sq[b] += sq_m
+        sq = sq.clamp_min(0)
+        self.last_norms = sq.sum(0).sqrt()
+        bound = self.max_grad_norm / self.n_blocks ** 0.5  # C, or C / √L per block
+        scales = (bound / (sq.sqrt() + 1e-6)).clamp(max=1.0)  # Opacus' clip factor, per block and pair
+        for m, a, g, b in zip(self.layers, acts, grads, self.blocks):
+            scale = scales[b]
             if isinstance(m, nn.GroupNorm):
                 m.weight.grad, m.bias.grad = scale @ per_pair[m][0], scale @ per_pair[m][1]
                 continue
@@ -217,7 +232,7 @@ class DPPrivacy:
     as train_dcgan.NonPrivate."""
 
     private = True
-    locked_args = ("epsilon", "noise_multiplier", "delta", "max_grad_norm", "accountant", "poisson",
+    locked_args = ("epsilon", "noise_multiplier", "delta", "max_grad_norm", "clipping", "accountant", "poisson",
                    "grad_sample_mode", "secure_rng")
 
     def __init__(self, args):
@@ -241,6 +256,9 @@ class DPPrivacy:
             raise UserError(f"--max-grad-norm must be > 0, got {args.max_grad_norm}")
         if args.max_physical_batch_size is not None and args.max_physical_batch_size <= 0:
             raise UserError("--max-physical-batch-size must be positive")
+        if args.clipping != "flat" and args.grad_sample_mode != "ghost":
+            raise UserError(f"--clipping {args.clipping} needs --grad-sample-mode ghost (the Opacus modes clip flat); "
+                            "drop --grad-sample-mode or use --clipping flat")
 
     def make_private(self, D, optD, *, n_train, batch_size, steps_per_epoch, total_steps, state=None):
         from opacus import PrivacyEngine
@@ -303,7 +321,7 @@ class DPPrivacy:
         from opacus.optimizers import get_optimizer_class
 
         a = self.args
-        self.clipper = PairGhostClipper(D, a.max_grad_norm)
+        self.clipper = PairGhostClipper(D, a.max_grad_norm, clipping=a.clipping)
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         cls = get_optimizer_class(clipping="flat", distributed=world > 1, grad_sample_mode="ghost")
         optD = cls(optD, noise_multiplier=self.noise_multiplier, max_grad_norm=a.max_grad_norm,
@@ -419,7 +437,7 @@ class DPPrivacy:
     def describe(self):
         a = self.args
         return {"target_epsilon": a.epsilon, "delta": a.delta, "noise_multiplier": self.noise_multiplier,
-                "max_grad_norm": a.max_grad_norm, "sample_rate": self.sample_rate,
+                "max_grad_norm": a.max_grad_norm, "clipping": a.clipping, "sample_rate": self.sample_rate,
                 "expected_batch_size": self.n_train * self.sample_rate, "accountant": a.accountant,
                 "poisson_sampling": a.poisson, "grad_sample_mode": a.grad_sample_mode, "secure_rng": a.secure_rng,
                 "max_physical_batch_size": a.max_physical_batch_size, "planned_steps": self.total_steps}
@@ -427,7 +445,8 @@ class DPPrivacy:
     def summary(self):
         a = self.args
         target = f"target ε = {a.epsilon}" if a.epsilon is not None else "no target ε"
-        return (f"DP-SGD on D: {target}, δ = {a.delta:g}, σ = {self.noise_multiplier:.4f}, C = {a.max_grad_norm}, "
+        return (f"DP-SGD on D: {target}, δ = {a.delta:g}, σ = {self.noise_multiplier:.4f}, C = {a.max_grad_norm} "
+                f"({a.clipping}{f', {self.clipper.n_blocks} blocks' if a.clipping != 'flat' else ''}), "
                 f"q = {self.sample_rate:.5f} ({'Poisson' if a.poisson else 'shuffled, NOT Poisson'}), "
                 f"{self.total_steps} steps -> ε = {self.epsilon_after(self.total_steps):.3f} ({a.accountant})")
 
@@ -471,6 +490,9 @@ def build_parser():
     g.add_argument("--noise-multiplier", type=float, default=None, help="fixed σ instead of a target ε")
     g.add_argument("--delta", type=float, default=1e-6, help="δ (keep it well below 1/N)")
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="per-example clip bound C")
+    g.add_argument("--clipping", choices=["flat", "per-layer"], default="flat",
+                   help="clip each pair's whole gradient to C (flat), or each block (a convolution and its norm "
+                        "layers) to C/√L (per-layer, ghost mode only); the same sensitivity C and ε either way")
     g.add_argument("--accountant", choices=["prv", "rdp"], default="prv", help="Opacus privacy accountant")
     g.add_argument("--no-poisson", dest="poisson", action="store_false",
                    help="shuffled fixed-size batches instead of Poisson sampling (the ε is then not a proof)")

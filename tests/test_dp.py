@@ -14,7 +14,8 @@ BCE = torch.nn.BCEWithLogitsLoss()
 
 
 def _privacy(**kw):
-    a = dict(epsilon=None, noise_multiplier=0.0, delta=1e-5, max_grad_norm=0.05, accountant="rdp", poisson=True,
+    a = dict(epsilon=None, noise_multiplier=0.0, delta=1e-5, max_grad_norm=0.05, clipping="flat", accountant="rdp",
+             poisson=True,
              secure_rng=False, grad_sample_mode="hooks", max_physical_batch_size=None)
     a.update(kw)
     return train_dcgan_dp.DPPrivacy(types.SimpleNamespace(**a))
@@ -81,6 +82,43 @@ def test_ghost_norms_on_rgb_64px_with_bias():
     ref, norms = _reference_clipped_sum(copy.deepcopy(D), real, fake, 0.5)
     assert torch.allclose(clipper.last_norms, torch.tensor(norms, dtype=torch.float64), rtol=1e-10)
     assert min(norms) > 0.5 and all(torch.allclose(p.grad, r, atol=1e-12) for p, r in zip(D.parameters(), ref))
+
+
+def test_per_layer_clipping_matches_reference_and_keeps_sensitivity_c():
+    """--clipping per-layer: each block (a conv and the GroupNorm after it) of each pair's gradient clipped to
+    C / sqrt(L) by an independent per-pair autograd reference; every pair's clipped gradient has norm <= C."""
+    torch.manual_seed(0)
+    _, D = build_models(ndf=8)
+    D = D.double()
+    real, fake = torch.rand(5, 1, 32, 32, dtype=torch.float64) * 2 - 1, torch.randn(5, 1, 32, 32, dtype=torch.float64)
+    C = 0.05
+    clipper = train_dcgan_dp.PairGhostClipper(D, max_grad_norm=C, clipping="per-layer")
+    blocks = [[D.main[0]], [D.main[2], D.main[3]], [D.main[5], D.main[6]], [D.main[8]]]  # conv, (conv, GN) ...
+    assert clipper.n_blocks == len(blocks) == 4
+    ref, total = {}, None
+    for i in range(5):
+        out_r, out_f = D(real[i:i + 1]), D(fake[i:i + 1])
+        loss = BCE(out_r, torch.ones(1)) + BCE(out_f, torch.zeros(1))
+        pair = []
+        for block in blocks:
+            params = [p for m in block for p in m.parameters()]
+            g = torch.autograd.grad(loss, params, retain_graph=True)
+            norm = torch.sqrt(sum((x ** 2).sum() for x in g))
+            assert norm > C / 2  # every block is clipped
+            pair += [(p, x * min(1.0, C / 2 / (norm.item() + 1e-6))) for p, x in zip(params, g)]
+        assert torch.sqrt(sum((x ** 2).sum() for _, x in pair)) <= C + 1e-9  # the sensitivity stays C
+        for p, x in pair:
+            ref[p] = ref.get(p, 0) + x
+    clipper.step(D, real, fake)
+    assert all(torch.allclose(p.grad, ref[p], atol=1e-12) for p in D.parameters())
+    # flat clipping of the same pairs gives a different sum (the test can tell the two apart)
+    flat = train_dcgan_dp.PairGhostClipper(D, max_grad_norm=C)
+    flat.step(D, real, fake)
+    assert not torch.allclose(D.main[5].weight.grad, ref[D.main[5].weight], atol=1e-6)
+    with pytest.raises(train_dcgan_dp.UserError, match="--clipping per-layer needs --grad-sample-mode ghost"):
+        _privacy(clipping="per-layer").check_args(types.SimpleNamespace(
+            epsilon=8.0, noise_multiplier=None, delta=1e-5, max_grad_norm=1.0, max_physical_batch_size=None,
+            clipping="per-layer", grad_sample_mode="hooks"))
 
 
 def test_ghost_rejects_unsupported_layers_and_inplace_outputs():

@@ -126,7 +126,7 @@ def test_refuses_to_overwrite_and_resume_mismatch(tmp_path, capsys):
     (["--data", "celeba", "--data-root", "/nonexistent"], "does not exist"),
     (["--epochs", "0"], "--epochs must be positive"),
     (["--data", "folder:/nonexistent"], "does not exist"),
-    (["--augment", "translation,rotate"], "--augment takes a comma-separated list of translation, flip"),
+    (["--augment", "translation,rotate"], "--augment takes a comma-separated list of translation, cutout, flip"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, argv, msg):
     with pytest.raises(SystemExit) as e:
@@ -323,6 +323,26 @@ def test_augment_by_hand():
     assert len(shifts) > 30 and {d for s in shifts for d in s} == set(range(-4, 5)) and 16 <= flips <= 48
     y.sum().backward()
     assert set(x.grad.unique().tolist()) <= {0.0, 1.0} and x.grad.sum() == sum((y[i] != 0).sum() for i in range(64))
+
+
+def test_cutout_by_hand():
+    """Cutout zeroes one axis-aligned square of half the side per image (16 x 16 at 32 px, cut off at the border),
+    its centre drawn over the whole image, and leaves every other pixel as it was."""
+    torch.manual_seed(0)
+    x = torch.rand(200, 1, 32, 32) + 1  # no zeros of its own
+    y = train_dcgan.augment(x, "cutout")
+    sizes, corners = set(), set()
+    for i in range(len(x)):
+        zero = y[i, 0] == 0
+        assert torch.equal(y[i, 0][~zero], x[i, 0][~zero])
+        rows, cols = zero.any(1).nonzero().flatten(), zero.any(0).nonzero().flatten()
+        assert zero.sum() == len(rows) * len(cols)  # one rectangle ...
+        assert rows.tolist() == list(range(rows[0], rows[-1] + 1)) and cols.tolist() == list(range(cols[0], cols[-1] + 1))
+        assert (len(rows) == 16 or rows[0] == 0 or rows[-1] == 31) and (len(cols) == 16 or cols[0] == 0 or cols[-1] == 31)
+        assert 8 <= len(rows) <= 16 and 8 <= len(cols) <= 16  # ... a 16 x 16 square, at least its quarter inside
+        sizes.add((len(rows), len(cols)))
+        corners.add((rows[0].item() == 0, rows[-1].item() == 31))
+    assert (16, 16) in sizes and len(sizes) > 10 and corners == {(True, False), (False, False), (False, True)}
 
 
 def test_augment_changes_training_and_is_what_d_sees(tmp_path, monkeypatch):
