@@ -439,13 +439,12 @@ def augment(x: torch.Tensor, ops: str) -> torch.Tensor:
         return x
     ops = ops.split(",")
     n, _, h, w = x.shape
-    idx = torch.arange(n, device=x.device).view(n, 1, 1)
     if "translation" in ops:
         s = int(h * 0.125 + 0.5)
         ty, tx = (torch.randint(-s, s + 1, (n, 1, 1), device=x.device) for _ in range(2))
         rows = torch.arange(h, device=x.device).view(1, h, 1) + s + ty
         cols = torch.arange(w, device=x.device).view(1, 1, w) + s + tx
-        x = F.pad(x, (s, s, s, s))[idx, :, rows, cols].permute(0, 3, 1, 2)
+        x = F.pad(x, (s, s, s, s))[torch.arange(n, device=x.device).view(n, 1, 1), :, rows, cols].permute(0, 3, 1, 2)
     if "cutout" in ops:
         ch, cw = int(h * 0.5 + 0.5), int(w * 0.5 + 0.5)
         cy = torch.randint(0, h + (1 - ch % 2), (n, 1, 1), device=x.device)

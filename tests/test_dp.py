@@ -15,8 +15,7 @@ BCE = torch.nn.BCEWithLogitsLoss()
 
 def _privacy(**kw):
     a = dict(epsilon=None, noise_multiplier=0.0, delta=1e-5, max_grad_norm=0.05, clipping="flat", accountant="rdp",
-             poisson=True,
-             secure_rng=False, grad_sample_mode="hooks", max_physical_batch_size=None)
+             poisson=True, secure_rng=False, grad_sample_mode="hooks", max_physical_batch_size=None)
     a.update(kw)
     return train_dcgan_dp.DPPrivacy(types.SimpleNamespace(**a))
 
@@ -95,7 +94,7 @@ def test_per_layer_clipping_matches_reference_and_keeps_sensitivity_c():
     clipper = train_dcgan_dp.PairGhostClipper(D, max_grad_norm=C, clipping="per-layer")
     blocks = [[D.main[0]], [D.main[2], D.main[3]], [D.main[5], D.main[6]], [D.main[8]]]  # conv, (conv, GN) ...
     assert clipper.n_blocks == len(blocks) == 4
-    ref, total = {}, None
+    ref = {}
     for i in range(5):
         out_r, out_f = D(real[i:i + 1]), D(fake[i:i + 1])
         loss = BCE(out_r, torch.ones(1)) + BCE(out_f, torch.zeros(1))
