@@ -894,24 +894,32 @@ def train(args, privacy=None) -> dict:
         results["ranks_identical"] = len(set(hashes)) == 1
         if not results["ranks_identical"]:
             warnings.warn(f"ranks ended with different weights ({hashes}); the run is inconsistent", stacklevel=2)
+    if main_rank:
+        if not real_seen and (out / "results.json").is_file():  # --resume of a finished run: leave its artefacts alone
+            print(f"done: nothing left to train (D step {step}/{total_steps}); artefacts in {out}")
+            results = read_json(out / "results.json")
+        else:
+            write_artefacts(args, out, results, released, model_cfg, log_path)
+            print(f"done: {step} D steps, {g_steps} G steps in {elapsed:.1f}s ({results['images_per_s']} real "
+                  f"images/s); artefacts in {out}")
+    if world > 1:  # every rank stays in the group until rank 0's artefacts are written, then all leave it
         import torch.distributed as dist
 
+        dist.barrier()
         dist.destroy_process_group()
-    if not main_rank:
-        return results
-    if not real_seen and (out / "results.json").is_file():  # --resume of a finished run: leave its artefacts alone
-        print(f"done: nothing left to train (D step {step}/{total_steps}); artefacts in {out}")
-        return read_json(out / "results.json")
+    return results
+
+
+def write_artefacts(args, out: Path, results: dict, released: nn.Module, model_cfg: dict, log_path: Path) -> None:
+    """The end of a run (rank 0): the released generator, samples, the loss curve and results.json."""
     atomic_torch_save({"G": released.state_dict(), "config": model_cfg, "args": vars(args),
-                       "ema": G_ema is not None}, out / "generator.pt")
+                       "ema": bool(args.ema_decay)}, out / "generator.pt")
     if args.num_samples:
+        device = next(released.parameters()).device
         data_mod.save_npz(out / "samples.npz", generate(released.eval(), args.num_samples, args.nz, device,
                                                         seed=args.seed + 1))
     plot_losses(log_path, out / "loss_curve.png")
     write_json(out / "results.json", results)
-    print(f"done: {step} D steps, {g_steps} G steps in {elapsed:.1f}s ({results['images_per_s']} real images/s); "
-          f"artefacts in {out}")
-    return results
 
 
 def main(argv=None):

@@ -157,6 +157,11 @@ def init_distributed(device_arg: str = "auto"):
     elif device.type != "cpu":
         raise UserError(f"multi-process runs use CPU (gloo) or CUDA (nccl), not {device.type}; pass --device cpu")
     if not dist.is_initialized():
+        # Imported after the group exists, torch._dynamo (which torchvision imports) keeps extra references to
+        # it, so destroy_process_group() leaves gloo's threads running into interpreter shutdown, where their
+        # teardown can abort the process ("terminate called without an active exception"; seen in CI).
+        import torch._dynamo  # noqa: F401
+
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), device
 

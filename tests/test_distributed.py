@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,26 @@ def test_dp_training_on_two_processes(tmp_path):
     _torchrun("train_dcgan.py", *tiny_args(tmp_path / "ddp-np", "--max-steps", "4", "--device", "cpu"))
     res = json.loads((tmp_path / "ddp-np" / "results.json").read_text())
     assert res["world_size"] == 2 and res["ranks_identical"] is True and res["steps"] == 4
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="lists threads through Linux's /proc")
+def test_leaving_the_group_ends_its_threads(tmp_path):
+    """After destroy_process_group() no gloo thread may be left, even when torchvision (hence torch._dynamo) is
+    first imported after init_distributed(), as data.py does: left running into interpreter shutdown, their
+    teardown aborted a rank in CI ("terminate called without an active exception")."""
+    script = tmp_path / "leave.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        import torch.distributed as dist
+        import utils
+        utils.init_distributed("cpu")
+        import torchvision  # noqa: F401
+        dist.destroy_process_group()
+        names = [open(f"/proc/self/task/{{t}}/comm").read() for t in os.listdir("/proc/self/task")]
+        print("gloo threads left:", sum("gloo" in n for n in names))
+    """))
+    assert _torchrun(script).count("gloo threads left: 0") == 2
 
 
 def test_feature_extraction_sharded_over_two_processes(tmp_path, inception_weights):
