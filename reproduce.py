@@ -594,10 +594,12 @@ def reproduce(args) -> dict:
 # Every run: the CelebA subset at 32px grayscale, --random-split, delta = 1e-6, ngf = 32. "Old recipe" pins the
 # DP defaults before issue #12 (D sees 30 epochs, the compute of the old study's DP runs); each lever changes one
 # thing of it. "Recipe A" (batch 256, lr 1e-3, ndf 16, EMA) was the default before the two G-side / augmentation
-# levers; the "DP defaults" rows are train_dcgan_dp.py's defaults (A + mode-seeking + augmentation), alone, with
-# other seeds, at epsilon = 1 and with one of those levers taken away. "Previous defaults" are the defaults of
-# an earlier session. Row numbers name the run folders, so new rows go at the end.
-OFF = ["--mode-seeking", "0", "--augment", "none"]  # the two levers added last, off
+# levers; "recipe B" (A + mode-seeking + augmentation) was the default before G's lr doubling, and the "DP
+# defaults" rows are train_dcgan_dp.py's defaults (B + G's lr 2x), alone, with other seeds, at epsilon = 1 and
+# with G's lr changed. "Previous defaults" are the defaults of an earlier session. Rows 0-26 predate the G lr
+# lever and pin it off (G1). Row numbers name the run folders, so new rows go at the end.
+G1 = ["--g-lr-scale", "1"]  # G's lr = D's, as before the two time-scale lever
+OFF = ["--mode-seeking", "0", "--augment", "none"] + G1  # the levers added last, off
 OLD_RECIPE = ["--lr", "5e-5", "--batch-size", "64", "--beta1", "0.5", "--ndf", "32", "--freeze-d", "0",
               "--d-steps", "1", "--adaptive-d-steps", "0", "--g-steps", "1", "--g-batch-size", "64", "--ema-decay", "0",
               "--ema-warmup", "10", "--epochs", "30"] + OFF
@@ -619,19 +621,27 @@ LEVERS = [  # (name, epsilon, DP arguments; "@public" = --init-from the public p
     ("A + public warm start", 8, OFF + ["@public"] + WARM),
     ("recipe A", 1, OFF),
     ("A + public warm start", 1, OFF + ["@public"] + WARM),
-    ("A + mode-seeking G loss (λ = 1)", 8, ["--augment", "none"]),
-    ("A + mode-seeking G loss (λ = 1)", 1, ["--augment", "none"]),
-    ("the DP defaults: A + mode-seeking + augmentation (translation, flip)", 8, []),
-    ("the DP defaults", 1, []),
+    ("A + mode-seeking G loss (λ = 1)", 8, ["--augment", "none"] + G1),
+    ("A + mode-seeking G loss (λ = 1)", 1, ["--augment", "none"] + G1),
+    ("recipe B: A + mode-seeking + augmentation (translation, flip)", 8, G1),
+    ("recipe B", 1, G1),
+    ("B, seed 1", 8, G1 + ["--seed", "1"]),
+    ("B, seed 2", 8, G1 + ["--seed", "2"]),
+    ("A + mode-seeking, seed 1", 8, ["--augment", "none", "--seed", "1"] + G1),
+    ("A + mode-seeking, seed 2", 8, ["--augment", "none", "--seed", "2"] + G1),
+    ("A + augmentation, no mode-seeking", 8, ["--mode-seeking", "0"] + G1),
+    ("B + public warm start", 8, ["@public"] + WARM + G1),
+    ("B, batch 512, 60 epochs", 8, ["--batch-size", "512", "--epochs", "60"] + G1),
+    ("B, batch 512, 60 epochs, seed 1", 8, ["--batch-size", "512", "--epochs", "60", "--seed", "1"] + G1),
+    ("B, batch 512, 60 epochs, seed 2", 8, ["--batch-size", "512", "--epochs", "60", "--seed", "2"] + G1),
+    ("the DP defaults: B + G's lr 2x D's (two time-scale)", 8, []),
     ("the DP defaults, seed 1", 8, ["--seed", "1"]),
     ("the DP defaults, seed 2", 8, ["--seed", "2"]),
-    ("A + mode-seeking, seed 1", 8, ["--augment", "none", "--seed", "1"]),
-    ("A + mode-seeking, seed 2", 8, ["--augment", "none", "--seed", "2"]),
-    ("A + augmentation, no mode-seeking", 8, ["--mode-seeking", "0"]),
+    ("the DP defaults", 1, []),
     ("the DP defaults + public warm start", 8, ["@public"] + WARM),
-    ("the DP defaults, batch 512, 60 epochs", 8, ["--batch-size", "512", "--epochs", "60"]),
-    ("the DP defaults, batch 512, 60 epochs, seed 1", 8, ["--batch-size", "512", "--epochs", "60", "--seed", "1"]),
-    ("the DP defaults, batch 512, 60 epochs, seed 2", 8, ["--batch-size", "512", "--epochs", "60", "--seed", "2"]),
+    ("the DP defaults + public warm start", 1, ["@public"] + WARM),
+    ("the DP defaults with G's lr 0.5x D's", 8, ["--g-lr-scale", "0.5"]),
+    ("the DP defaults with G's lr 4x D's", 8, ["--g-lr-scale", "4"]),
 ]
 
 
@@ -655,7 +665,8 @@ def levers(args) -> dict:
         cfg = read_json(run / "config.json")["args"]
         rows.append({"model": name, "epsilon": res.get("epsilon"), "target_epsilon": res.get("target_epsilon"),
                      "sigma": res.get("noise_multiplier"), "steps": res["steps"], "g_steps": res.get("g_steps"),
-                     "k_final": res.get("k_final"), "batch": cfg["batch_size"], "lr": cfg["lr"], "beta1": cfg["beta1"],
+                     "k_final": res.get("k_final"), "batch": cfg["batch_size"], "lr": cfg["lr"],
+                     "g_lr_scale": cfg.get("g_lr_scale", 1.0), "beta1": cfg["beta1"],
                      "ema": cfg["ema_decay"], "train_min": res["wall_s"] / 60,
                      "command": _command(script, argv) if script else _command("train_dcgan", cfg_argv(run)),
                      **eval_columns(ev)})
@@ -691,7 +702,8 @@ def levers(args) -> dict:
               "this_invocation_s": round(time.time() - t0, 1)}
     write_json(out / "levers.json", result)
     cols = [("run", "model", None), ("ε", "epsilon", ".2f"), ("σ", "sigma", ".2f"), ("batch", "batch", "d"),
-            ("lr", "lr", "g"), ("β1", "beta1", "g"), ("EMA", "ema", "g"), ("D / G steps", "steps", "dg"),
+            ("lr", "lr", "g"), ("G lr / lr", "g_lr_scale", "g"), ("β1", "beta1", "g"), ("EMA", "ema", "g"),
+            ("D / G steps", "steps", "dg"),
             ("K at end", "k_final", "d"), ("FID train", "fid_train", ".1f"), ("precision", "precision", ".2f"),
             ("recall", "recall", ".2f"), ("train min", "train_min", ".1f")]
     md = "\n".join([markdown_table(rows, cols), "", "Commands:", ""] +

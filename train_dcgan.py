@@ -47,13 +47,13 @@ RESUME_LOCKED = ("data", "data_root", "image_size", "channels", "nz", "ngf", "nd
                  "beta1", "seed", "split_seed", "random_split", "dedup_threshold", "exclude_from", "canaries",
                  "canary_repeats", "canary_split", "canary_seed", "train_size", "coin_subset", "audit_canaries",
                  "subset_seed", "d_steps", "g_steps", "g_batch_size", "freeze_d", "adaptive_d_steps", "adaptive_grace",
-                 "ema_decay", "ema_warmup", "init_from", "mode_seeking", "augment")
+                 "ema_decay", "ema_warmup", "init_from", "mode_seeking", "augment", "g_lr_scale")
 # The value a locked argument had before it existed: checkpoints written earlier resume only if it still holds.
 LOCKED_BEFORE = {"dedup_threshold": None, "exclude_from": None, "train_size": None, "coin_subset": False,
                  "audit_canaries": 0, "subset_seed": 0, "d_steps": 1, "g_steps": 1, "g_batch_size": None, "freeze_d": 0,
                  "adaptive_d_steps": None,
                  "adaptive_grace": 50, "ema_decay": 0.0, "ema_warmup": 10.0, "init_from": None, "mode_seeking": 0.0,
-                 "augment": "", "clipping": "flat"}
+                 "augment": "", "clipping": "flat", "g_lr_scale": 1.0}
 D_STEP_LADDER = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)  # Bie et al.'s adaptive schedule
 
 
@@ -66,7 +66,7 @@ def build_parser(prog="train_dcgan.py", description=None, defaults=None) -> argp
     """The shared parser; ``defaults`` overrides per script (train_dcgan_dp.py has its own recipe)."""
     d = {"epochs": 60, "batch_size": 64, "lr": 5e-4, "ngf": 32, "ndf": 32, "d_steps": 1, "g_steps": 1,
          "g_batch_size": None, "freeze_d": 0, "adaptive_d_steps": None, "adaptive_grace": 50, "ema_decay": 0.999,
-         "ema_warmup": 10.0, "mode_seeking": 0.0, "augment": "", **(defaults or {})}
+         "ema_warmup": 10.0, "mode_seeking": 0.0, "augment": "", "g_lr_scale": 1.0, **(defaults or {})}
     p = argparse.ArgumentParser(prog=prog, description=description or __doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
@@ -96,7 +96,9 @@ def build_parser(prog="train_dcgan.py", description=None, defaults=None) -> argp
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many D steps in total")
     g.add_argument("--batch-size", type=int, default=d["batch_size"],
                    help="(expected) real images per D step; also the G step's batch of fakes")
-    g.add_argument("--lr", type=float, default=d["lr"], help="Adam learning rate (G and D)")
+    g.add_argument("--lr", type=float, default=d["lr"], help="Adam learning rate of D (and of G: see --g-lr-scale)")
+    g.add_argument("--g-lr-scale", type=float, default=d["g_lr_scale"], metavar="S",
+                   help="G's Adam learning rate is S x --lr (two time-scale update rule, Heusel et al. 2017)")
     g.add_argument("--beta1", type=float, default=0.5, help="Adam beta1")
     g.add_argument("--nz", type=int, default=100, help="latent size")
     g.add_argument("--ngf", type=int, default=d["ngf"], help="generator width")
@@ -178,6 +180,8 @@ def check_args(args) -> None:
             raise UserError(f"--{k.replace('_', '-')} must be positive, got {getattr(args, k)}")
     if args.lr <= 0:
         raise UserError(f"--lr must be positive, got {args.lr}")
+    if not args.g_lr_scale > 0:
+        raise UserError(f"--g-lr-scale must be positive (G's lr is it times --lr), got {args.g_lr_scale}")
     if not 0 <= args.beta1 < 1:
         raise UserError(f"--beta1 must be in [0, 1), got {args.beta1}")
     if not 0 <= args.ema_decay < 1:
@@ -704,7 +708,7 @@ def train(args, privacy=None) -> dict:
     d_trained = freeze_first_convs(D, args.freeze_d)
     G, D = G.to(device), D.to(device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False) if args.ema_decay else None
-    optG = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
+    optG = torch.optim.Adam(G.parameters(), lr=args.lr * args.g_lr_scale, betas=(args.beta1, 0.999))
     optD = torch.optim.Adam([p for p in D.parameters() if p.requires_grad], lr=args.lr, betas=(args.beta1, 0.999))
     sched = DStepSchedule(args.d_steps, args.adaptive_d_steps, args.adaptive_grace)
     if ckpt is not None:
@@ -752,11 +756,13 @@ def train(args, privacy=None) -> dict:
         write_json(out / "config.json", config)
     k_desc = (f"K adaptive from {sched.k} (D's accuracy on fakes <= {args.adaptive_d_steps})"
               if args.adaptive_d_steps is not None else f"K = {args.d_steps}")
+    g_lr = f" (G {args.lr * args.g_lr_scale:g})" if args.g_lr_scale != 1 else ""
     log_main(f"{'DP-SGD' if privacy.private else 'non-private'} DCGAN | data {imgs.source}: {n} train images "
              f"({args.image_size}px, {args.channels}ch) | device {device}"
              f"{f' x {world} processes' if world > 1 else ''}, threads {threads.describe()} | batch {args.batch_size} "
-             f"| lr {args.lr} | ngf {args.ngf} ndf {args.ndf} ({d_trained:,} D parameters trained) | {total_steps} D "
-             f"steps ({steps_per_epoch}/epoch), {args.g_steps} G step(s) of {g_batch * world} fakes per K D steps, "
+             f"| lr {args.lr}{g_lr} | ngf {args.ngf} ndf {args.ndf} ({d_trained:,} D parameters trained) "
+             f"| {total_steps} D steps ({steps_per_epoch}/epoch), {args.g_steps} G step(s) of {g_batch * world} fakes "
+             "per K D steps, "
              f"{k_desc} | G EMA {args.ema_decay or 'off'}"
              + (f" | mode-seeking {args.mode_seeking:g}" if args.mode_seeking else "")
              + (f" | augment {args.augment}" if args.augment else "") + f" | out {out}")

@@ -122,7 +122,19 @@ def test_refuses_to_overwrite_and_resume_mismatch(tmp_path, capsys):
     assert "--lr" in capsys.readouterr().err
 
 
+def test_g_lr_scale_sets_g_lr_only_and_is_locked_on_resume(tmp_path, capsys):
+    _run(tmp_path, "--max-steps", "1", "--lr", "3e-4", "--g-lr-scale", "2.5")
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert [g["lr"] for g in ckpt["optG"]["param_groups"]] == [pytest.approx(7.5e-4)]
+    assert [g["lr"] for g in ckpt["optD"]["param_groups"]] == [pytest.approx(3e-4)]
+    assert train_dcgan.build_parser().parse_args([]).g_lr_scale == 1.0  # the non-private default: one lr
+    with pytest.raises(SystemExit):
+        train_dcgan.main(tiny_args(tmp_path, "--max-steps", "2", "--resume", "--lr", "3e-4"))
+    assert "--g-lr-scale" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv,msg", [
+    (["--g-lr-scale", "0"], "--g-lr-scale must be positive"),
     (["--data", "celeba", "--data-root", "/nonexistent"], "does not exist"),
     (["--epochs", "0"], "--epochs must be positive"),
     (["--data", "folder:/nonexistent"], "does not exist"),
