@@ -762,8 +762,7 @@ def train(args, privacy=None) -> dict:
              f"{f' x {world} processes' if world > 1 else ''}, threads {threads.describe()} | batch {args.batch_size} "
              f"| lr {args.lr}{g_lr} | ngf {args.ngf} ndf {args.ndf} ({d_trained:,} D parameters trained) "
              f"| {total_steps} D steps ({steps_per_epoch}/epoch), {args.g_steps} G step(s) of {g_batch * world} fakes "
-             "per K D steps, "
-             f"{k_desc} | G EMA {args.ema_decay or 'off'}"
+             f"per K D steps, {k_desc} | G EMA {args.ema_decay or 'off'}"
              + (f" | mode-seeking {args.mode_seeking:g}" if args.mode_seeking else "")
              + (f" | augment {args.augment}" if args.augment else "") + f" | out {out}")
     if imgs.dedup.get("groups_merged"):
