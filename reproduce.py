@@ -261,15 +261,18 @@ def audit_stage(name, run: Path, s: dict) -> dict:
 
 
 def reference_stage(n: int, run: Path, s: dict, out: Path) -> dict:
-    """Never-trained real images (the val split minus anything inserted) scored as if they were samples."""
+    """Never-trained real images (the val split minus anything inserted) scored as if they were samples; at most
+    as many as the models' samples (a seeded subset), since FID's bias depends on the sample count."""
     from data import save_npz
-    from train_dcgan import run_training_data
+    from train_dcgan import _seeded_perm, run_training_data
 
     ref_dir = out / "reference" / f"n{n}"
     ref_dir.mkdir(parents=True, exist_ok=True)
     td = run_training_data(run, cache_dir=s["cache_dir"])
     val = td.imgs.splits["val"]
     val = val[~torch.isin(val, td.special())]
+    if len(val) > s["num_samples"]:
+        val = val[_seeded_perm(len(val), 0)[:s["num_samples"]]].sort().values
     npz = ref_dir / "heldout_real.npz"
     if not npz.is_file() or len(np.load(npz)["images"]) != len(val):
         save_npz(npz, td.imgs.images[val])
