@@ -22,7 +22,9 @@ The levers study (--levers) trains DP models with one lever at a time, and combi
 the CelebA subset, plus the non-private model of the same budget and a public pretraining run; OUT/levers.md.
 
 Idempotent and resumable: a finished stage whose settings match is reused; an interrupted training run
-resumes from its checkpoint; changing a setting reruns only the stages it affects.
+resumes from its checkpoint; changing a setting reruns only the stages it affects. To use several processes,
+give each a share of the models with --only (same flags and --out otherwise), then run the command once more
+without --only: it reuses every stage and writes the report.
 """
 from __future__ import annotations
 
@@ -43,10 +45,10 @@ PRESETS = {
     # CelebA 32px grayscale with a random image split (membership audits need exchangeable members and
     # non-members; the official split is identity-disjoint). Sized for a 2-core CPU.
     "full": {"data": "celeba", "train_sizes": "250,1000,2300", "budget": 120_000, "num_samples": 1000,
-             "max_real": None, "canaries": 5, "canary_repeats": "1,4", "epsilons": "8,1"},
+             "max_real": None, "canaries": 5, "canary_repeats": "1,4", "epsilons": "8,1", "extra_seeds": "1,2"},
     # Digits: N = 700 is nearly the largest coin subset (2N candidates of 1,437); DP needs its ~360 steps.
     "quick": {"data": "digits", "train_sizes": "100,700", "budget": 84_000, "num_samples": 500,
-              "max_real": None, "canaries": 2, "canary_repeats": "1,4", "epsilons": "8"},
+              "max_real": None, "canaries": 2, "canary_repeats": "1,4", "epsilons": "8", "extra_seeds": ""},
 }
 # The seed project's published numbers, kept as a row of the table (see SEED_NOTE).
 SEED_ROWS = [{"model": "seed project, non-private (reported)", "epsilon": None, "fid_train": 1.58, "mifid": 2460.0},
@@ -82,6 +84,9 @@ def build_parser():
     p.add_argument("--canaries", type=int, default=None, help="canaries per repeat count (0: no exposure audit)")
     p.add_argument("--canary-repeats", default=None, help="comma-separated repeat counts")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--extra-seeds", default=None, metavar="SEEDS",
+                   help="comma-separated further training seeds of the smallest N's non-private model, the "
+                        "memorization headline: its spread over seeds (full: 1,2; quick: none; '' for none)")
     p.add_argument("--inception-weights", default=None, help="FID Inception weights (else $INCEPTION_WEIGHTS, ...)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", default="auto", help="CPU threads of every stage (see train_dcgan.py --threads)")
@@ -91,6 +96,10 @@ def build_parser():
     p.add_argument("--rows", default=None,
                    help="with --levers: comma-separated row numbers to run (0-%d, the numbers of the run folders; "
                         "default all)" % (len(LEVERS) - 1))
+    p.add_argument("--only", default=None, metavar="MODELS",
+                   help="run only these models' stages (comma-separated run names, e.g. n250-dp-eps8; a non-private "
+                        "model brings its reference row) and write no report: several processes can share one --out "
+                        "this way, and a final invocation without --only reuses their stages and writes the report")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -112,6 +121,14 @@ def settings(args) -> dict:
     s["size_list"] = [int(n) for n in _numbers(s["train_sizes"], "--train-sizes", int)]
     if s["budget"] <= 0:
         raise UserError(f"--budget must be positive, got {s['budget']}")
+    try:
+        s["extra_seed_list"] = [int(v) for v in str(s["extra_seeds"]).split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--extra-seeds must be comma-separated integers, got {s['extra_seeds']!r}") from None
+    if s["seed"] in s["extra_seed_list"] or len(set(s["extra_seed_list"])) < len(s["extra_seed_list"]) \
+            or any(v < 0 for v in s["extra_seed_list"]):
+        raise UserError(f"--extra-seeds must be distinct non-negative seeds other than --seed {s['seed']}, "
+                        f"got {s['extra_seeds']!r}")
     return s
 
 
@@ -139,10 +156,17 @@ def common_argv(s: dict) -> list:
 # 73.2, see the levers table): lr 5e-5 310.4, 2e-5 164.7, 5e-6 80.6, 1e-6 71.6.
 WARM = ["--lr", "1e-6"]
 
+# DP from scratch on few images: DP-SGD's noise grows with D's parameter count and the clipped signal with the
+# number of training images, so below SMALL_N images the DP discriminator gets a quarter of the default's
+# parameters (ndf 8, the width the digits default uses for 1,437 images). Measured at N = 250, ε = 8 with the DP
+# defaults (one seed, 1,000 samples): FID 224.3, precision 0.037 with ndf 8 vs 243.9, 0.001 with ndf 16. At
+# ε = 1 (σ = 66) neither width learns faces (ndf 8: 335.9 and 0.001, stripes; ndf 16: 258.2 and 0.000, blobs).
+SMALL_N, SMALL_NDF = 2000, 8
+
 
 def model_plan(s: dict, out: Path, public=None) -> list:
     """[(size N, name, script module, argv)] of the models of the study. With ``public`` (the public pretraining
-    run), the smallest size also gets a non-private and a DP (first epsilon) model fine-tuned from it: the same start
+    run), the smallest size also gets a non-private and one DP model per epsilon fine-tuned from it: the same start
     and budget, each with its script's recipe as for the from-scratch rows (D's width is the pretraining's; the
     DP fine-tune at the WARM lr). Why not one shared recipe: at lr 1e-6 a non-private fine-tune does not leave
     the pretraining either (measured: FID 103.7 / 85.8 / 80.9 at N = 250 / 1,000 / 2,300, every attack at
@@ -154,25 +178,33 @@ def model_plan(s: dict, out: Path, public=None) -> list:
         if s["canaries"]:
             argv += ["--canaries", str(s["canaries"]), "--canary-repeats", str(s["canary_repeats"])]
         plan.append((n, f"n{n}-non-private", "train_dcgan", argv + ["--out", str(out / "runs" / f"n{n}-non-private")]))
+        if n == min(s["size_list"]):  # the same model with other seeds: the spread of the memorization headline
+            for sd in s["extra_seed_list"]:
+                name = f"n{n}-non-private-seed{sd}"
+                plan.append((n, name, "train_dcgan", argv + ["--seed", str(sd), "--out", str(out / "runs" / name)]))
         for e in s["epsilon_list"]:
             name = f"n{n}-dp-eps{e:g}"
-            plan.append((n, name, "train_dcgan_dp", argv + ["--epsilon", f"{e:g}", "--delta", f"{s['delta']:g}",
-                                                            "--out", str(out / "runs" / name)]))
-        if public is not None and n == min(s["size_list"]):  # where memorization shows (and ~1/3 less compute)
+            small = ["--ndf", str(SMALL_NDF)] if n < SMALL_N else []
+            plan.append((n, name, "train_dcgan_dp", argv + small + ["--epsilon", f"{e:g}", "--delta", f"{s['delta']:g}",
+                                                                    "--out", str(out / "runs" / name)]))
+        if public is not None and n == min(s["size_list"]):  # where memorization shows (at every N: twice the compute)
             warm = argv + ["--ndf", str(_dp_default("ndf")), "--init-from", str(public)]
-            e = s["epsilon_list"][0]
             plan.append((n, f"n{n}-non-private-warm", "train_dcgan",
                          warm + ["--out", str(out / "runs" / f"n{n}-non-private-warm")]))
-            plan.append((n, f"n{n}-dp-eps{e:g}-warm", "train_dcgan_dp",
-                         warm + WARM + ["--epsilon", f"{e:g}", "--delta", f"{s['delta']:g}",
-                                 "--out", str(out / "runs" / f"n{n}-dp-eps{e:g}-warm")]))
+            for e in s["epsilon_list"]:
+                plan.append((n, f"n{n}-dp-eps{e:g}-warm", "train_dcgan_dp",
+                             warm + WARM + ["--epsilon", f"{e:g}", "--delta", f"{s['delta']:g}",
+                                            "--out", str(out / "runs" / f"n{n}-dp-eps{e:g}-warm")]))
     return plan
 
 
-def public_pretraining(s: dict, out: Path, ndf: int, no_progress: bool) -> Path:
+def public_pretraining(s: dict, out: Path, ndf: int, no_progress: bool, train: bool = True) -> Path:
     """A non-private run on --public-root minus every file name of --data-root, shared by the studies (it
-    lives beside their folders, so reproduce.py and reproduce.py --levers train it once)."""
+    lives beside their folders, so reproduce.py and reproduce.py --levers train it once). ``train=False``:
+    only its folder."""
     run = out.parent / f"public-pretraining-ndf{ndf}"
+    if not train:
+        return run
     argv = [a if a != str(s["data_root"]) else str(s["public_root"]) for a in common_argv(s) if a != "--random-split"]
     train_stage(f"public pretraining (ndf {ndf})", "train_dcgan",
                 argv + ["--ngf", "32", "--ndf", str(ndf), "--epochs", "20", "--exclude-from", str(s["data_root"]),
@@ -390,7 +422,7 @@ def _eps_label(r):
     return ("non-private (ε = ∞)" if r["epsilon"] is None else f"DP, ε = {r['target_epsilon']:g}") + warm
 
 
-def plot_memorization_vs_n(rows, refs, path):
+def plot_memorization_vs_n(rows, refs, path, extra_seed_rows=()):
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     groups = {}
@@ -398,8 +430,12 @@ def plot_memorization_vs_n(rows, refs, path):
         groups.setdefault(_eps_label(r), []).append(r)
     for i, (label, rs) in enumerate(groups.items()):
         rs = sorted(rs, key=lambda r: r["size"])
+        others = [r for r in extra_seed_rows if _eps_label(r) == label]
         for ax, key in zip(axes, ("mia_auc_white", "memorization_d", "fid_train")):
             ax.plot([r["size"] for r in rs], [r.get(key) for r in rs], "o-", color=f"C{i}", label=label)
+            if others:
+                ax.plot([r["size"] for r in others], [r.get(key) for r in others], "x", color=f"C{i}", ms=8,
+                        label=f"{label}, other seeds")
     ref = sorted(refs, key=lambda r: r["size"])
     for ax, key in zip(axes[1:], ("memorization_d", "fid_train")):
         ax.plot([r["size"] for r in ref], [r[key] for r in ref], "s--", color="k", label="held-out real images")
@@ -500,6 +536,8 @@ def hardware(device) -> str:
 
 
 def reproduce(args) -> dict:
+    if args.levers and args.only is not None:
+        raise UserError("--only selects models of the study; with --levers use --rows")
     if args.levers:
         return levers(args)
     if args.rows is not None:
@@ -510,14 +548,24 @@ def reproduce(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     public = None
     if s["public_root"] and s["data"] == "celeba":
-        public = public_pretraining(s, out, _dp_default("ndf"), args.no_progress)
+        public = public_pretraining(s, out, _dp_default("ndf"), args.no_progress, train=False)
     plan = model_plan(s, out, public)
+    smallest = min(s["size_list"])  # the size with the warm pair and the pretraining baseline (see model_plan)
+    if args.only is not None:
+        names = [m.strip() for m in args.only.split(",") if m.strip()]
+        unknown = sorted(set(names) - {name for _, name, _, _ in plan})
+        if unknown or not names:
+            raise UserError(f"--only: no model named {', '.join(unknown) or repr(args.only)} in this study; its models "
+                            f"are {', '.join(name for _, name, _, _ in plan)}")
+        plan = [p for p in plan if p[1] in names]
+    if public is not None and (args.only is None or any(name.endswith("-warm") or name == f"n{smallest}-non-private"
+                                                        for _, name, _, _ in plan)):
+        public_pretraining(s, out, _dp_default("ndf"), args.no_progress)  # only where a selected stage needs it
     print(f"reproduce ({'quick' if args.quick else 'full'} preset) -> {out}")
     for k in ("data", "data_root", "train_sizes", "budget", "epsilons", "delta", "num_samples", "max_real",
-              "canaries", "canary_repeats", "seed"):
+              "canaries", "canary_repeats", "seed", "extra_seeds"):
         print(f"  {k:<15} {s[k]}")
 
-    smallest = min(s["size_list"])  # the size with the warm pair and the pretraining baseline (see model_plan)
     rows, refs, pre, audits, scores, samples, galleries, dists = [], [], [], {}, {}, {}, {}, {}
     copy_galleries = {}
     for n, name, script, argv in plan:
@@ -525,7 +573,9 @@ def reproduce(args) -> dict:
         train_res = train_stage(name, script, argv, args.no_progress)
         ev = eval_stage(name, run, s)
         au = audit_stage(name, run, s)
-        rows.append(row(name, n, train_res, ev, au))
+        rows.append({**row(name, n, train_res, ev, au), "seed": _value(argv, "--seed", 0)})
+        if rows[-1]["seed"] != s["seed"]:
+            continue  # --extra-seeds: table rows only; the plots and galleries show the main seed
         audits[name] = au
         with np.load(run / "audit" / "scores.npz") as z:
             scores[name] = {k: z[k] for k in z.files}
@@ -549,17 +599,22 @@ def reproduce(args) -> dict:
                 samples["public pretraining only"] = load_npz(public / "samples.npz")
                 galleries[f"n{n}-public pretraining only"] = pre_dir / "nn_gallery.png"
                 dists[f"n{n}-public pretraining"] = np.load(pre_dir / "nearest_distances.npy")
+    if args.only is not None:
+        print(f"--only: the stages of {', '.join(name for _, name, _, _ in plan)} are done; run without --only "
+              "for the report")
+        return {"only": [name for _, name, _, _ in plan]}
 
     from audit import plot_one_run, plot_roc
     from metrics import distance_histogram
 
     at_small = lambda d: {k: v for k, v in d.items() if k.startswith(f"n{smallest}-")}  # noqa: E731
-    plot_memorization_vs_n(rows, refs, out / "memorization_vs_n.png")
-    plot_fid_vs_epsilon(rows, out / "fid_vs_epsilon.png")
+    main = [r for r in rows if r["seed"] == s["seed"]]
+    plot_memorization_vs_n(main, refs, out / "memorization_vs_n.png", [r for r in rows if r["seed"] != s["seed"]])
+    plot_fid_vs_epsilon(main, out / "fid_vs_epsilon.png")
     distance_histogram(at_small(dists), out / "memorization_hist.png",
                        title=f"memorization distance at N = {smallest}: models vs held-out real images")
-    by_size = {n: [name for m, name, _, _ in plan if m == n] + (["public pretraining only"] if pre and n == smallest
-                                                                 else []) for n in s["size_list"]}
+    by_size = {n: [name for m, name, _, _ in plan if m == n and name in samples]
+               + (["public pretraining only"] if pre and n == smallest else []) for n in s["size_list"]}
     ncols = max(map(len, by_size.values()))
     panels = {}  # one row per size, padded with blank panels
     for n, names in by_size.items():

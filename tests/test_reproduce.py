@@ -6,8 +6,9 @@ import reproduce
 
 
 def _argv(out, weights):
-    # the --quick pipeline, shrunk further so that it fits the test suite: two sizes, one epsilon
-    return ["--quick", "--train-sizes", "40,80", "--budget", "400", "--epsilons", "8", "--num-samples", "32",
+    # the --quick pipeline, shrunk further so that it fits the test suite: two sizes, one epsilon, one extra seed
+    return ["--quick", "--train-sizes", "40,80", "--budget", "400", "--epsilons", "8", "--extra-seeds", "1",
+            "--num-samples", "32",
             "--max-real", "40", "--canaries", "2", "--inception-weights", str(weights), "--no-progress",
             "--threads", "1", "--cache-dir", str(out.parent / "cache"), "--out", str(out)]
 
@@ -19,7 +20,11 @@ def test_quick_pipeline_end_to_end_idempotent_and_resumable(tmp_path, inception_
               "samples.png", "nn_galleries.png", "copy_galleries.png", "roc.png", "one_run.png", "exposure.png"):
         assert (out / f).stat().st_size > 0, f
     rows = {r["model"]: r for r in res["rows"]}
-    assert set(rows) == {"n40-non-private", "n40-dp-eps8", "n80-non-private", "n80-dp-eps8"}
+    assert set(rows) == {"n40-non-private", "n40-non-private-seed1", "n40-dp-eps8", "n80-non-private",
+                         "n80-dp-eps8"}
+    other = rows["n40-non-private-seed1"]  # the smallest N's non-private model with another seed: a table row
+    assert (other["seed"], rows["n40-non-private"]["seed"]) == (1, 0) and other["epochs"] == 10
+    assert other["fid_train"] != rows["n40-non-private"]["fid_train"]
     npv, dp = rows["n40-non-private"], rows["n40-dp-eps8"]
     assert npv["epsilon"] is None and npv["epochs"] == dp["epochs"] == 10  # the same budget of real images
     assert rows["n80-non-private"]["epochs"] == 5  # epochs = budget / N
@@ -35,23 +40,28 @@ def test_quick_pipeline_end_to_end_idempotent_and_resumable(tmp_path, inception_
     md = (out / "results.md").read_text()
     assert "| 40 | n40-dp-eps8 |" in md and "real data (held-out, N = 40)" in md and "2460" in md and "reversed" in md
     saved = json.loads((out / "results.json").read_text())
-    assert saved["rows"][1]["fid_train"] == dp["fid_train"]
+    assert saved["rows"] == json.loads(json.dumps(res["rows"]))
 
     assert "batch/s" not in capsys.readouterr().err  # --no-progress reaches the evaluation stages too
     # everything finished: all stages reused (progress bars do not change what a stage computes)
     again = reproduce.main([a for a in _argv(out, inception_weights) if a != "--no-progress"])
     log = capsys.readouterr().out
-    assert log.count("reused") == 14 and "running" not in log and "training" not in log
+    assert log.count("reused") == 17 and "running" not in log and "training" not in log
     assert again["rows"] == res["rows"]
 
-    # an interrupted DP run (checkpoint, no final artefacts) resumes; only its later stages are redone
+    # an interrupted DP run (checkpoint, no final artefacts) resumes; only its later stages are redone. --only
+    # runs that model's stages and no other, and writes no report; the next full invocation reuses them all
     run = out / "runs" / "n40-dp-eps8"
     (run / "results.json").unlink()
     (run / "samples.npz").unlink()
-    third = reproduce.main(_argv(out, inception_weights))
+    (out / "results.md").unlink()
+    assert reproduce.main(_argv(out, inception_weights) + ["--only", "n40-dp-eps8"]) == {"only": ["n40-dp-eps8"]}
     log = capsys.readouterr().out
     assert "[n40-dp-eps8] resuming" in log and "[n40-dp-eps8] evaluation: running" in log
-    assert "[n40-non-private] evaluation found" in log
+    assert "[n40-non-private]" not in log and "[n80" not in log and not (out / "results.md").exists()
+    third = reproduce.main(_argv(out, inception_weights))
+    log = capsys.readouterr().out
+    assert log.count("reused") == 17 and "running" not in log and (out / "results.md").is_file()
     assert {r["model"]: r["epsilon"] for r in third["rows"]} == {r["model"]: r["epsilon"] for r in res["rows"]}
 
 
@@ -72,20 +82,55 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as e:
         reproduce.main(["--levers", "--data-root", str(tmp_path), "--rows", "6,99", "--out", str(tmp_path)])
     assert e.value.code == 2 and "--rows must be" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(["--quick", "--only", "n40-dp-eps8", "--out", str(tmp_path)])  # the quick sizes are 100, 700
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--only: no model named n40-dp-eps8" in err and "n100-dp-eps8" in err
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(["--levers", "--data-root", str(tmp_path), "--only", "x", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "--rows" in capsys.readouterr().err
+    for bad in ("1,x", "0", "2,2", "-1"):  # the main seed is 0
+        with pytest.raises(SystemExit) as e:
+            reproduce.main(["--quick", "--extra-seeds", bad, "--out", str(tmp_path)])
+        assert e.value.code == 2 and "--extra-seeds must" in capsys.readouterr().err
 
 
 def test_warm_pair_shares_start_and_budget_each_with_its_scripts_recipe(tmp_path):
     s = reproduce.settings(reproduce.build_parser().parse_args(["--data-root", str(tmp_path), "--train-sizes",
                                                                 "1000,250"]))
     plan = {name: (script, argv) for _, name, script, argv in reproduce.model_plan(s, tmp_path, public=tmp_path / "pub")}
-    assert [name for name in plan if name.endswith("-warm")] == ["n250-non-private-warm", "n250-dp-eps8-warm"]
+    assert [name for name in plan if name.endswith("-warm")] == ["n250-non-private-warm", "n250-dp-eps8-warm",
+                                                                  "n250-dp-eps1-warm"]
     (np_script, npv), (dp_script, dp) = plan["n250-non-private-warm"], plan["n250-dp-eps8-warm"]
-    assert (np_script, dp_script) == ("train_dcgan", "train_dcgan_dp")
-    for argv in (npv, dp):
+    assert (np_script, dp_script, plan["n250-dp-eps1-warm"][0]) == ("train_dcgan", "train_dcgan_dp", "train_dcgan_dp")
+    assert reproduce._value(plan["n250-dp-eps1-warm"][1], "--epsilon", "") == "1"
+    for argv in (npv, dp, plan["n250-dp-eps1-warm"][1]):
         assert reproduce._value(argv, "--init-from", "") == str(tmp_path / "pub")
         assert reproduce._value(argv, "--ndf", 0) == reproduce._dp_default("ndf")  # the pretraining's width
         assert reproduce._value(argv, "--epochs", 0) == 480  # the same budget as every row at N = 250
     assert "--lr" not in npv and reproduce._value(dp, "--lr", "") == reproduce.WARM[1]
+
+
+def test_extra_seeds_retrain_the_smallest_non_private_model_only(tmp_path):
+    args = ["--data-root", str(tmp_path), "--train-sizes", "1000,250"]
+    plan = {name: argv for _, name, _, argv in
+            reproduce.model_plan(reproduce.settings(reproduce.build_parser().parse_args(args)), tmp_path)}
+    assert [n for n in plan if "seed" in n] == ["n250-non-private-seed1", "n250-non-private-seed2"]  # the default
+    base, seeded = plan["n250-non-private"], plan["n250-non-private-seed2"]
+    assert reproduce._value(base, "--seed", -1) == 0 and reproduce._value(seeded, "--seed", -1) == 2
+    assert seeded[:len(base) - 2] == base[:-2]  # the same command otherwise (its own --out)
+    quick = reproduce.settings(reproduce.build_parser().parse_args(["--quick"]))
+    assert not any("seed" in name for _, name, _, _ in reproduce.model_plan(quick, tmp_path))
+    none = reproduce.settings(reproduce.build_parser().parse_args(args + ["--extra-seeds", ""]))
+    assert not any("seed" in name for _, name, _, _ in reproduce.model_plan(none, tmp_path))
+
+
+def test_dp_discriminator_shrinks_below_small_n_only(tmp_path):
+    s = reproduce.settings(reproduce.build_parser().parse_args(["--data-root", str(tmp_path), "--train-sizes",
+                                                                "250,1999,2000"]))
+    ndf = {name: reproduce._value(argv, "--ndf", 0) for _, name, _, argv in reproduce.model_plan(s, tmp_path)}
+    assert ndf["n250-dp-eps8"] == ndf["n1999-dp-eps1"] == reproduce.SMALL_NDF != reproduce._dp_default("ndf")
+    assert ndf["n2000-dp-eps8"] == ndf["n250-non-private"] == 0  # not given: the script defaults
 
 
 def test_sample_panels_keep_one_row_per_size_with_blanks(tmp_path):
