@@ -8,7 +8,9 @@ The study. For each N in --train-sizes, 2N candidate images of the train split (
 each join the training set with probability 1/2 (a seeded coin): the training subset has about N images and
 every candidate is a trial of the one-run epsilon audit. On that subset it trains a non-private model and one
 DP-SGD model per --epsilons value, each with its script's default recipe and the SAME compute: D sees
---budget real images (epochs = budget / N), so smaller N means more passes over the same images. Stages:
+--budget real images (epochs = budget / N), so smaller N means more passes over the same images; and the same
+pair fine-tuned from a public pretraining (CelebA: --public-root; digits: the train digits no coin candidate
+uses), the DP recipe where public data exists. Stages:
   1. train      train_dcgan.py / train_dcgan_dp.py                  -> OUT/runs/n<N>-<model>/
   2. evaluate   evaluate_mifid.py against the run's own training set -> OUT/runs/n<N>-<model>/eval/
   3. audit      audit.py: membership inference, exposure, epsilon bounds -> OUT/runs/n<N>-<model>/audit/
@@ -46,8 +48,9 @@ PRESETS = {
     # non-members; the official split is identity-disjoint). Sized for a 2-core CPU.
     "full": {"data": "celeba", "train_sizes": "250,1000,2300", "budget": 120_000, "num_samples": 1000,
              "max_real": None, "canaries": 5, "canary_repeats": "1,4", "epsilons": "8,1", "extra_seeds": "1,2"},
-    # Digits: N = 700 is nearly the largest coin subset (2N candidates of 1,437); DP needs its ~360 steps.
-    "quick": {"data": "digits", "train_sizes": "100,700", "budget": 84_000, "num_samples": 500,
+    # Digits: the 2 x 500 coin candidates of N = 500 leave 437 of the 1,437 training digits for the public
+    # pretraining of the warm-start rows (--skip-subset).
+    "quick": {"data": "digits", "train_sizes": "100,500", "budget": 84_000, "num_samples": 500,
               "max_real": None, "canaries": 2, "canary_repeats": "1,4", "epsilons": "8", "extra_seeds": ""},
 }
 # The seed project's published numbers, kept as a row of the table (see SEED_NOTE).
@@ -72,8 +75,8 @@ def build_parser():
     p.add_argument("--data", default=None, help="celeba | folder:PATH | digits (default: the preset's)")
     p.add_argument("--data-root", default=os.environ.get("CELEBA_ROOT"), help="CelebA root (default $CELEBA_ROOT)")
     p.add_argument("--public-root", default=os.environ.get("CELEBA_10K_ROOT"),
-                   help="--levers: public CelebA images for the warm start, minus every file name of --data-root "
-                        "(default $CELEBA_10K_ROOT)")
+                   help="public CelebA images for the warm-start rows (and --levers), minus every file name of "
+                        "--data-root (default $CELEBA_10K_ROOT)")
     p.add_argument("--train-sizes", default=None, help="comma-separated N (full: 250,1000,2300)")
     p.add_argument("--budget", type=int, default=None,
                    help="real images D sees per model (the same compute at every N; epochs = budget / N)")
@@ -166,11 +169,12 @@ SMALL_N, SMALL_NDF = 2000, 8
 
 def model_plan(s: dict, out: Path, public=None) -> list:
     """[(size N, name, script module, argv)] of the models of the study. With ``public`` (the public pretraining
-    run), the smallest size also gets a non-private and one DP model per epsilon fine-tuned from it: the same start
+    run), every size also gets a non-private and one DP model per epsilon fine-tuned from it: the same start
     and budget, each with its script's recipe as for the from-scratch rows (D's width is the pretraining's; the
-    DP fine-tune at the WARM lr). Why not one shared recipe: at lr 1e-6 a non-private fine-tune does not leave
-    the pretraining either (measured: FID 103.7 / 85.8 / 80.9 at N = 250 / 1,000 / 2,300, every attack at
-    chance), so the pair would not show what DP removes."""
+    DP fine-tune at the WARM lr). The warm DP rows are the study's DP recipe: from scratch, DP-SGD with
+    epsilon x N up to 18,400 learns coarse faces at best (README). Why not one shared recipe: at lr 1e-6 a
+    non-private fine-tune does not leave the pretraining either (measured: FID 103.7 / 85.8 / 80.9 at N = 250 /
+    1,000 / 2,300, every attack at chance), so the pair would not show what DP removes."""
     plan = []
     for n in s["size_list"]:
         argv = common_argv(s) + ["--train-size", str(n), "--coin-subset",
@@ -187,8 +191,8 @@ def model_plan(s: dict, out: Path, public=None) -> list:
             small = ["--ndf", str(SMALL_NDF)] if n < SMALL_N else []
             plan.append((n, name, "train_dcgan_dp", argv + small + ["--epsilon", f"{e:g}", "--delta", f"{s['delta']:g}",
                                                                     "--out", str(out / "runs" / name)]))
-        if public is not None and n == min(s["size_list"]):  # where memorization shows (at every N: twice the compute)
-            warm = argv + ["--ndf", str(_dp_default("ndf")), "--init-from", str(public)]
+        if public is not None:
+            warm = argv + ["--ndf", str(_dp_default("ndf", s["data"])), "--init-from", str(public)]
             plan.append((n, f"n{n}-non-private-warm", "train_dcgan",
                          warm + ["--out", str(out / "runs" / f"n{n}-non-private-warm")]))
             for e in s["epsilon_list"]:
@@ -199,16 +203,28 @@ def model_plan(s: dict, out: Path, public=None) -> list:
 
 
 def public_pretraining(s: dict, out: Path, ndf: int, no_progress: bool, train: bool = True) -> Path:
-    """A non-private run on --public-root minus every file name of --data-root, shared by the studies (it
-    lives beside their folders, so reproduce.py and reproduce.py --levers train it once). ``train=False``:
-    only its folder."""
-    run = out.parent / f"public-pretraining-ndf{ndf}"
-    if not train:
-        return run
-    argv = [a if a != str(s["data_root"]) else str(s["public_root"]) for a in common_argv(s) if a != "--random-split"]
-    train_stage(f"public pretraining (ndf {ndf})", "train_dcgan",
-                argv + ["--ngf", "32", "--ndf", str(ndf), "--epochs", "20", "--exclude-from", str(s["data_root"]),
-                        "--out", str(run)], no_progress)
+    """A non-private run on public data. CelebA: --public-root minus every file name of --data-root, shared by
+    the studies (it lives beside their folders, so reproduce.py and reproduce.py --levers train it once).
+    Digits, which have no separate public set: the train split minus every coin candidate of the study
+    (--skip-subset 2 x the largest N), with the budget of a study model. ``train=False``: only its folder."""
+    if s["data"] == "digits":
+        run = out / "public-pretraining"
+        from data import load_images
+
+        skip = 2 * max(s["size_list"])
+        n_public = len(load_images("digits", image_size=32, channels=1).splits["train"]) - skip
+        if n_public < 2:
+            raise UserError(f"--train-sizes: the largest N's {skip} coin candidates leave no digits for the public "
+                            "pretraining; lower the largest N")
+        argv = common_argv(s) + ["--ndf", str(ndf), "--skip-subset", str(skip),
+                                 "--epochs", str(max(1, round(s["budget"] / n_public)))]
+    else:
+        run = out.parent / f"public-pretraining-ndf{ndf}"
+        argv = [a if a != str(s["data_root"]) else str(s["public_root"]) for a in common_argv(s)
+                if a != "--random-split"]
+        argv += ["--ngf", "32", "--ndf", str(ndf), "--epochs", "20", "--exclude-from", str(s["data_root"])]
+    if train:
+        train_stage(f"public pretraining (ndf {ndf})", "train_dcgan", argv + ["--out", str(run)], no_progress)
     return run
 
 
@@ -234,6 +250,7 @@ def train_stage(name, script, argv, no_progress) -> dict:
     if (run / "results.json").is_file() and (run / "config.json").is_file():
         have = {k: v for k, v in read_json(run / "config.json")["args"].items() if k not in _VOLATILE}
         have = {**{k: v for k, v in LOCKED_BEFORE.items() if k in want}, **have}  # flags newer than the run
+        have["data_root"] = have.get("data_root") if have.get("data") == "celeba" else None  # see check_args
         if have == want:
             print(f"[{name}] trained run found in {run}: reused")
             return read_json(run / "results.json")
@@ -456,11 +473,13 @@ def plot_fid_vs_epsilon(rows, path):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, n in enumerate(sorted({r["size"] for r in rows})):
-        scratch = [r for r in rows if r["size"] == n and not r["model"].endswith("-warm")]
-        dp = sorted([r for r in scratch if r["epsilon"] is not None], key=lambda r: r["epsilon"])
-        npv = next((r for r in scratch if r["epsilon"] is None), None)
-        if dp:
-            ax.plot([r["epsilon"] for r in dp], [r["fid_train"] for r in dp], "o-", color=f"C{i}", label=f"DP, N = {n}")
+        for warm, style in ((False, "o-"), (True, "s:")):
+            same = [r for r in rows if r["size"] == n and r["model"].endswith("-warm") == warm]
+            dp = sorted([r for r in same if r["epsilon"] is not None], key=lambda r: r["epsilon"])
+            if dp:
+                ax.plot([r["epsilon"] for r in dp], [r["fid_train"] for r in dp], style, color=f"C{i}",
+                        label=f"DP, N = {n}" + (", public warm start" if warm else ""))
+        npv = next((r for r in rows if r["size"] == n and r["model"].endswith("-non-private")), None)
         if npv is not None:
             ax.axhline(npv["fid_train"], color=f"C{i}", ls="--", lw=1, label=f"non-private, N = {n}")
     ax.set_xscale("log")
@@ -547,10 +566,10 @@ def reproduce(args) -> dict:
     out = Path(args.out or ("outputs/reproduce-quick" if args.quick else "outputs/reproduce"))
     out.mkdir(parents=True, exist_ok=True)
     public = None
-    if s["public_root"] and s["data"] == "celeba":
-        public = public_pretraining(s, out, _dp_default("ndf"), args.no_progress, train=False)
+    if s["data"] == "digits" or (s["public_root"] and s["data"] == "celeba"):
+        public = public_pretraining(s, out, _dp_default("ndf", s["data"]), args.no_progress, train=False)
     plan = model_plan(s, out, public)
-    smallest = min(s["size_list"])  # the size with the warm pair and the pretraining baseline (see model_plan)
+    smallest = min(s["size_list"])  # the size of the galleries, ROC and histogram
     if args.only is not None:
         names = [m.strip() for m in args.only.split(",") if m.strip()]
         unknown = sorted(set(names) - {name for _, name, _, _ in plan})
@@ -558,9 +577,9 @@ def reproduce(args) -> dict:
             raise UserError(f"--only: no model named {', '.join(unknown) or repr(args.only)} in this study; its models "
                             f"are {', '.join(name for _, name, _, _ in plan)}")
         plan = [p for p in plan if p[1] in names]
-    if public is not None and (args.only is None or any(name.endswith("-warm") or name == f"n{smallest}-non-private"
+    if public is not None and (args.only is None or any(name.endswith(("-warm", "-non-private"))
                                                         for _, name, _, _ in plan)):
-        public_pretraining(s, out, _dp_default("ndf"), args.no_progress)  # only where a selected stage needs it
+        public_pretraining(s, out, _dp_default("ndf", s["data"]), args.no_progress)  # where a selected stage needs it
     print(f"reproduce ({'quick' if args.quick else 'full'} preset) -> {out}")
     for k in ("data", "data_root", "train_sizes", "budget", "epsilons", "delta", "num_samples", "max_real",
               "canaries", "canary_repeats", "seed", "extra_seeds"):
@@ -591,7 +610,7 @@ def reproduce(args) -> dict:
                          "wall_s": {"eval": ref.get("wall_s")}, **eval_columns(ref)})
             galleries[f"n{n}-real data (held-out)"] = out / "reference" / f"n{n}" / "eval" / "nn_gallery.png"
             dists[f"n{n}-real data"] = np.load(out / "reference" / f"n{n}" / "eval" / "nearest_distances.npy")
-            if public is not None and n == smallest:  # the baseline of the warm pair; no private data
+            if public is not None:  # the baseline of the warm pair, scored against this N's training set
                 pre_dir = out / "reference" / f"n{n}" / "public-pretraining"
                 ev = eval_stage(f"n{n}-public-pretraining", public, s, train_of=run, out_dir=pre_dir)
                 pre.append({"model": "public pretraining only (no private data)", "size": n, "epsilon": 0.0,
@@ -801,10 +820,10 @@ def _value(argv, flag, default):
     return type(default)(argv[idx[-1] + 1]) if idx else default
 
 
-def _dp_default(key):  # the photo-data recipe (the levers study and the public warm start are CelebA only)
-    from train_dcgan_dp import DP_DEFAULTS
+def _dp_default(key, data="celeba"):  # train_dcgan_dp.py's recipe for that data
+    from train_dcgan_dp import dp_defaults
 
-    return DP_DEFAULTS[key]
+    return dp_defaults(data)[key]
 
 
 def _command(script, argv) -> str:
@@ -835,7 +854,10 @@ def render_markdown(res: dict, table, args) -> str:
           "Kaggle direction. Real-data rows: held-out (val) images scored like samples. ε is the spent budget "
           "(PRV accountant); ε_lb one-run: Steinke et al. (2023), 95% confidence; the black-box AUC is the "
           "calibrated attack; copying rate: samples nearer a member than every non-member in pixel space (50% without "
-          "copying), with its permutation p-value.", "",
+          "copying), with its permutation p-value."
+          + (" `-warm` rows start from the public pretraining (the DP fine-tune at lr "
+             f"{WARM[1]}); 'public pretraining only' scores that start against N's training set, which it never "
+             "saw (ε = 0 with respect to it)." if res["pretraining_rows"] else ""), "",
           "## The seed project's numbers", "", markdown_table(SEED_ROWS, [c for c in COLUMNS if c[1] in
                                                                           ("model", "fid_train", "mifid")]), "",
           SEED_NOTE, "",

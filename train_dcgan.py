@@ -47,13 +47,13 @@ RESUME_LOCKED = ("data", "data_root", "image_size", "channels", "nz", "ngf", "nd
                  "beta1", "seed", "split_seed", "random_split", "dedup_threshold", "exclude_from", "canaries",
                  "canary_repeats", "canary_split", "canary_seed", "train_size", "coin_subset", "audit_canaries",
                  "subset_seed", "d_steps", "g_steps", "g_batch_size", "freeze_d", "adaptive_d_steps", "adaptive_grace",
-                 "ema_decay", "ema_warmup", "init_from", "mode_seeking", "augment", "g_lr_scale")
+                 "ema_decay", "ema_warmup", "init_from", "mode_seeking", "augment", "g_lr_scale", "skip_subset")
 # The value a locked argument had before it existed: checkpoints written earlier resume only if it still holds.
 LOCKED_BEFORE = {"dedup_threshold": None, "exclude_from": None, "train_size": None, "coin_subset": False,
                  "audit_canaries": 0, "subset_seed": 0, "d_steps": 1, "g_steps": 1, "g_batch_size": None, "freeze_d": 0,
                  "adaptive_d_steps": None,
                  "adaptive_grace": 50, "ema_decay": 0.0, "ema_warmup": 10.0, "init_from": None, "mode_seeking": 0.0,
-                 "augment": "", "clipping": "flat", "g_lr_scale": 1.0}
+                 "augment": "", "clipping": "flat", "g_lr_scale": 1.0, "skip_subset": 0}
 D_STEP_LADDER = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)  # Bie et al.'s adaptive schedule
 
 
@@ -89,7 +89,12 @@ def build_parser(prog="train_dcgan.py", description=None, defaults=None) -> argp
     g.add_argument("--coin-subset", action="store_true",
                    help="with --train-size N: draw 2N candidates and include each with probability 1/2 (a seeded "
                         "coin, recorded in coins.json); every candidate is a trial of audit.py's one-run bound")
-    g.add_argument("--subset-seed", type=int, default=0, help="seed of --train-size, --coin-subset, --audit-canaries")
+    g.add_argument("--skip-subset", type=int, default=0, metavar="M",
+                   help="train on the train split minus the first M images of the --subset-seed order, the ones "
+                        "--train-size draws (M = N; with --coin-subset M = 2N, and then those of every smaller N): "
+                        "public data disjoint from those runs, when a source has no separate public set")
+    g.add_argument("--subset-seed", type=int, default=0,
+                   help="seed of --train-size, --coin-subset, --skip-subset, --audit-canaries")
     g.add_argument("--cache-dir", default=data_mod.DEFAULT_CACHE_DIR, help="decoded-image cache ('' disables)")
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--epochs", type=int, default=d["epochs"], help="passes over the data as seen by D")
@@ -175,6 +180,8 @@ def default_out(args, private: bool) -> Path:
 
 
 def check_args(args) -> None:
+    if args.data != "celeba":  # the root is CelebA's ($CELEBA_ROOT by default): not part of other sources' runs
+        args.data_root = None
     for k in ("epochs", "batch_size", "nz", "ngf", "ndf", "d_steps", "g_steps", "adaptive_grace"):
         if getattr(args, k) <= 0:
             raise UserError(f"--{k.replace('_', '-')} must be positive, got {getattr(args, k)}")
@@ -256,6 +263,13 @@ class TrainingData:
             raise UserError(f"the train split of {imgs.source} is empty")
         self.coins = None
         n_candidates = 0
+        if args.skip_subset:
+            pool = imgs.representatives(train)
+            if args.train_size is not None or not 0 < args.skip_subset <= len(pool) - 2:
+                raise UserError(f"--skip-subset takes 0 < M <= {len(pool) - 2} (the train split of {imgs.source} has "
+                                f"{len(pool)} images, one per near-duplicate group) and no --train-size; got "
+                                f"{args.skip_subset}{' with --train-size' if args.train_size is not None else ''}")
+            train = pool[_seeded_perm(len(pool), args.subset_seed)[args.skip_subset:]].sort().values
         if args.train_size is not None:
             pool = imgs.representatives(train)
             need = args.train_size * (2 if args.coin_subset else 1)
@@ -554,13 +568,32 @@ def init_from(G, D, args, model_cfg: dict) -> dict:
     G.load_state_dict(ema or blob["G"])  # the source's released generator (its EMA, if it had one)
     D.load_state_dict(blob["D"])
     a = blob["args"]
-    same = a.get("data") == args.data and (a.get("data") == "digits" or _same_path(a.get("data_root"), args.data_root))
-    disjoint = bool(a.get("exclude_from")) and _same_path(a.get("exclude_from"), args.data_root)
+    here = _root(args.data, args.data_root)
+    same = args.data == "digits" == a.get("data") or _same_path(_root(a.get("data"), a.get("data_root")), here)
+    disjoint = bool(a.get("exclude_from")) and _same_path(a.get("exclude_from"), here)
+    # --skip-subset M there, --train-size N here with the same pool and order: the source never saw this run's
+    # draw (N, or 2N coin candidates, <= M); canaries and audit canaries (held-out images) on neither side
+    draw = (args.train_size or 0) * (2 if args.coin_subset else 1)
+    by_subset = (same and args.train_size is not None and 0 < draw <= (a.get("skip_subset") or 0)
+                 and all(a.get(k, LOCKED_BEFORE.get(k)) == getattr(args, k)
+                         for k in ("split_seed", "subset_seed", "random_split", "dedup_threshold"))
+                 and not (a.get("canaries") or a.get("audit_canaries") or args.audit_canaries))
     return {"run": str(src), "ckpt_sha256": sha256_file(path), "data": a.get("data"), "data_root": a.get("data_root"),
-            "exclude_from": a.get("exclude_from"), "steps": blob.get("step"),
+            "exclude_from": a.get("exclude_from"), "skip_subset": a.get("skip_subset", 0), "steps": blob.get("step"),
             "generator": "EMA" if ema else "raw",
             "private": blob.get("privacy") is not None,
-            "same_data_as_this_run": same, "disjoint_by_file_name": disjoint}
+            "same_data_as_this_run": same, "disjoint_by_file_name": disjoint, "disjoint_by_subset": by_subset}
+
+
+def _disjointness(warm: dict) -> str:
+    if warm.get("disjoint_by_subset"):
+        return f"disjoint from this run's draw: --skip-subset {warm['skip_subset']} there"
+    return "disjoint by file name" if warm.get("disjoint_by_file_name") else "overlap not checked"
+
+
+def _root(data, data_root):
+    """The folder of an image source (None for the bundled digits)."""
+    return data_root if data == "celeba" else str(data or "").partition("folder:")[2] or None
 
 
 def _same_path(a, b) -> bool:
@@ -665,6 +698,7 @@ def _open_run(args, privacy):
     ckpt = safe_load(ckpt_path) if args.resume else None
     if ckpt is not None:
         was = {k: ckpt["args"].get(k, LOCKED_BEFORE.get(k)) for k in RESUME_LOCKED + privacy.locked_args}
+        was["data_root"] = was["data_root"] if was["data"] == "celeba" else None  # see check_args
         changed = [f"--{k.replace('_', '-')} {was[k]!r} -> {getattr(args, k, None)!r}"
                    for k in was if was[k] != getattr(args, k, None)]
         if changed:
@@ -700,9 +734,10 @@ def train(args, privacy=None) -> dict:
     warm = None
     if args.init_from and ckpt is None:
         warm = init_from(G, D, args, model_cfg)
-        if warm["same_data_as_this_run"] and privacy.private:
+        if warm["same_data_as_this_run"] and not warm["disjoint_by_subset"] and privacy.private:
             raise UserError(f"--init-from {args.init_from} was trained on this run's data: ε would not cover that "
-                            "pretraining; pretrain on public data (e.g. with --exclude-from the private root)")
+                            "pretraining; pretrain on public data (--exclude-from the private root, or "
+                            "--skip-subset M of the same source with M >= this run's --train-size draw)")
     elif args.init_from and (out / "config.json").is_file():  # resumed: the weights come from the checkpoint
         warm = read_json(out / "config.json").get("init_from")
     d_trained = freeze_first_convs(D, args.freeze_d)
@@ -770,7 +805,7 @@ def train(args, privacy=None) -> dict:
                  f"images (correlation >= {imgs.dedup['threshold']}) kept together")
     if warm is not None:
         log_main(f"initialised G and D from {warm['run']} (data {warm['data']} {warm['data_root'] or ''}; "
-                 f"{'disjoint by file name' if warm['disjoint_by_file_name'] else 'overlap not checked'})")
+                 f"{_disjointness(warm)})")
     if td.canaries is not None:
         log_main(f"canaries: {len(td.canaries['indices'])} {td.canaries['split']} images inserted, repeats "
                  f"{args.canary_repeats} x {args.canaries} each ({sum(td.canaries['repeats'])} extra training images)")

@@ -60,7 +60,8 @@ class PairGhostClipper:
       Li et al. 2022), in blocks real-real + 2 real-fake + fake-fake. The patch Gram <a_t,a_s> is never
       formed: with stride S the input splits into S x S sub-grids z_r = x[ry::S, rx::S], every kernel tap
       is a sub-grid pixel shifted by q, so Σ_{t,s} <a_t,a_s> h_ts = Σ_r <K_r, H_r> with the pixel Gram
-      K_r[u,v] = <z_r[u], z_r[v]> (over channels) and H_r[u,v] = Σ_q h_{u-q, v-q}. That is (k/S)² times less
+      K_r[u,v] = <z_r[u], z_r[v]> (over channels) and H_r[u,v] = Σ_q h_{u-q, v-q}, computed as
+      Σ_q Σ_{t,s} K_r[t+q, s+q] h_ts. That is (k/S)² times less
       work than unfolding patches. Where it is cheaper still (few output positions: D's first and last
       layer) the per-pair gradients are materialised by a grouped convolution with one group per pair.
     * GroupNorm: per-pair gradients (one value per channel) are materialised.
@@ -139,6 +140,12 @@ class PairGhostClipper:
         oh, ow = g.shape[2:]
         hz, wz = oh + max(q[0] for q in groups) - 1, ow + max(q[1] for q in groups) - 1
         z = {}  # per shift group: the sub-grid pixels of the zero-padded input, (2n, |r|·C, hz·wz)
+        if len(groups) == 1 and len(next(iter(groups.values()))) == sh * sw:  # all residues alike (S divides k)
+            # the zero-padded input cut to (hz·S, wz·S) holds every sub-grid: z_r[u, v] = it[u·S + ry, v·S + rx]
+            ap = F.pad(a, (pw, wz * sw - a.shape[3] - pw, ph, hz * sh - a.shape[2] - ph))
+            z[next(iter(groups))] = ap.view(2 * n, a.shape[1], hz, sh, wz, sw).permute(0, 1, 3, 5, 2, 4) \
+                .reshape(2 * n, -1, hz * wz)
+            groups = {}
         for q, r in groups.items():
             zq = a.new_empty(2 * n, a.shape[1], len(r), hz, wz)
             for k, (ry, rx) in enumerate(r):  # one strided copy per residue, zeros where the padding is
@@ -154,14 +161,12 @@ class PairGhostClipper:
         for i in range(0, n, step):
             j = min(n, i + step)
             for u, v, f in ((i, i, 1.0), (n + i, n + i, 1.0), (i, n + i, 2.0)):  # real-real, fake-fake, real-fake
-                gg = torch.bmm(gm[u:u + j - i].mT, gm[v:v + j - i]).view(j - i, oh, ow, oh, ow)
-                for (qh, qw), zq in z.items():
-                    h = gg.new_zeros(j - i, hz, wz, hz, wz)  # H[u, v] = Σ_q gg[u - q, v - q]
-                    for qy in range(qh):
-                        for qx in range(qw):
-                            h[:, qy:qy + oh, qx:qx + ow, qy:qy + oh, qx:qx + ow] += gg
-                    k = torch.bmm(zq[u:u + j - i].mT, zq[v:v + j - i])  # pixel Gram
-                    sq[i:j] += f * torch.linalg.vecdot(k.flatten(1), h.flatten(1))
+                gg = torch.bmm(gm[u:u + j - i].mT, gm[v:v + j - i])
+                for (qh, qw), zq in z.items():  # <K, H> = Σ_q Σ_{t,s} K[t + q, s + q] gg[t, s]
+                    k = torch.bmm(zq[u:u + j - i].mT, zq[v:v + j - i]).view(j - i, hz, wz, hz, wz)  # pixel Gram
+                    ks = sum(k[:, qy:qy + oh, qx:qx + ow, qy:qy + oh, qx:qx + ow]
+                             for qy in range(qh) for qx in range(qw))
+                    sq[i:j] += f * torch.linalg.vecdot(ks.flatten(1), gg.flatten(1))
         return sq
 
     def step(self, D, real, fake):

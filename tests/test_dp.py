@@ -4,6 +4,7 @@ import types
 
 import pytest
 import torch
+from PIL import Image
 
 import train_dcgan
 import train_dcgan_dp
@@ -344,3 +345,35 @@ def test_frozen_d_layers_get_neither_gradient_nor_noise(tmp_path, mode):
     assert res["dp_steps"] == 3
     with pytest.raises(SystemExit):  # the last convolution is always trained
         train_dcgan_dp.main(tiny_args(tmp_path / "bad", "--freeze-d", "4"))
+
+
+def test_warm_start_from_the_same_source_needs_a_disjoint_skip_subset(tmp_path, capsys):
+    """--skip-subset M trains on what --train-size draws last; a DP run may start from it only if its draw
+    (2N coin candidates) lies within the M skipped images, else epsilon would not cover the pretraining."""
+    src = tmp_path / "public"
+    train_dcgan.train(train_dcgan.build_parser().parse_args(tiny_args(src, "--max-steps", "1", "--skip-subset", "200")))
+    pretrained = set(train_dcgan.run_training_data(src).index.tolist())
+    _dp_run(tmp_path / "ok", "--max-steps", "1", "--train-size", "100", "--coin-subset", "--init-from", str(src))
+    cand = set(json.loads((tmp_path / "ok" / "coins.json").read_text())["indices"])
+    assert len(cand) == 200 and len(pretrained) == 1437 - 200 and not cand & pretrained
+    cfg = json.loads((tmp_path / "ok" / "config.json").read_text())["init_from"]
+    assert cfg["same_data_as_this_run"] and cfg["disjoint_by_subset"] and cfg["skip_subset"] == 200
+    for extra in (["--train-size", "101", "--coin-subset"], ["--train-size", "100", "--subset-seed", "1"], []):
+        with pytest.raises(SystemExit) as e:  # 202 candidates > 200; another order; the whole train split
+            train_dcgan_dp.main(tiny_args(tmp_path / "bad", "--noise-multiplier", "1", "--max-steps", "1",
+                                          "--init-from", str(src), *extra))
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and "was trained on this run's data" in err and len(err.splitlines()) == 1
+    folder = tmp_path / "imgs"  # an image folder, named by two spellings of its path: the same data
+    folder.mkdir()
+    for i in range(40):
+        Image.fromarray(((torch.rand(36, 36) * 255).to(torch.uint8)).numpy()).save(folder / f"{i}.png")
+    train_dcgan.main(tiny_args(tmp_path / "fsrc", "--max-steps", "1", "--data", f"folder:{folder}"))
+    with pytest.raises(SystemExit) as e:
+        train_dcgan_dp.main(tiny_args(tmp_path / "fdst", "--noise-multiplier", "1", "--max-steps", "1", "--data",
+                                      f"folder:{folder}/../imgs", "--init-from", str(tmp_path / "fsrc")))
+    assert e.value.code == 2 and "was trained on this run's data" in capsys.readouterr().err
+    for bad in (["--skip-subset", "1436"], ["--skip-subset", "5", "--train-size", "10"]):
+        with pytest.raises(SystemExit) as e:
+            train_dcgan.main(tiny_args(tmp_path / "bad2", "--max-steps", "1", *bad))
+        assert e.value.code == 2 and "--skip-subset takes 0 < M <= 1435" in capsys.readouterr().err

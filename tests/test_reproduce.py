@@ -6,8 +6,9 @@ import reproduce
 
 
 def _argv(out, weights):
-    # the --quick pipeline, shrunk further so that it fits the test suite: two sizes, one epsilon, one extra seed
-    return ["--quick", "--train-sizes", "40,80", "--budget", "400", "--epsilons", "8", "--extra-seeds", "1",
+    # the --quick pipeline, shrunk further so that it fits the test suite: two sizes, one epsilon, no extra seed
+    # (test_extra_seeds_... checks their commands), the public pretraining on the digits no coin candidate uses
+    return ["--quick", "--train-sizes", "40,80", "--budget", "400", "--epsilons", "8", "--extra-seeds", "",
             "--num-samples", "32",
             "--max-real", "40", "--canaries", "2", "--inception-weights", str(weights), "--no-progress",
             "--threads", "1", "--cache-dir", str(out.parent / "cache"), "--out", str(out)]
@@ -20,11 +21,14 @@ def test_quick_pipeline_end_to_end_idempotent_and_resumable(tmp_path, inception_
               "samples.png", "nn_galleries.png", "copy_galleries.png", "roc.png", "one_run.png", "exposure.png"):
         assert (out / f).stat().st_size > 0, f
     rows = {r["model"]: r for r in res["rows"]}
-    assert set(rows) == {"n40-non-private", "n40-non-private-seed1", "n40-dp-eps8", "n80-non-private",
-                         "n80-dp-eps8"}
-    other = rows["n40-non-private-seed1"]  # the smallest N's non-private model with another seed: a table row
-    assert (other["seed"], rows["n40-non-private"]["seed"]) == (1, 0) and other["epochs"] == 10
-    assert other["fid_train"] != rows["n40-non-private"]["fid_train"]
+    assert set(rows) == {f"n{n}-{m}" for n in (40, 80) for m in ("non-private", "dp-eps8", "non-private-warm",
+                                                                   "dp-eps8-warm")}
+    pub = json.loads((out / "public-pretraining" / "config.json").read_text())["args"]
+    assert pub["skip_subset"] == 160 and pub["epochs"] == 1 and pub["train_size"] is None  # 400 / 1,277 digits
+    for name in ("n40-dp-eps8-warm", "n80-non-private-warm"):
+        warm = json.loads((out / "runs" / name / "config.json").read_text())["init_from"]
+        assert warm["run"] == str(out / "public-pretraining") and warm["disjoint_by_subset"]
+    assert {r["size"] for r in res["pretraining_rows"]} == {40, 80}
     npv, dp = rows["n40-non-private"], rows["n40-dp-eps8"]
     assert npv["epsilon"] is None and npv["epochs"] == dp["epochs"] == 10  # the same budget of real images
     assert rows["n80-non-private"]["epochs"] == 5  # epochs = budget / N
@@ -46,7 +50,7 @@ def test_quick_pipeline_end_to_end_idempotent_and_resumable(tmp_path, inception_
     # everything finished: all stages reused (progress bars do not change what a stage computes)
     again = reproduce.main([a for a in _argv(out, inception_weights) if a != "--no-progress"])
     log = capsys.readouterr().out
-    assert log.count("reused") == 17 and "running" not in log and "training" not in log
+    assert log.count("reused") == 29 and "running" not in log and "training" not in log
     assert again["rows"] == res["rows"]
 
     # an interrupted DP run (checkpoint, no final artefacts) resumes; only its later stages are redone. --only
@@ -61,7 +65,7 @@ def test_quick_pipeline_end_to_end_idempotent_and_resumable(tmp_path, inception_
     assert "[n40-non-private]" not in log and "[n80" not in log and not (out / "results.md").exists()
     third = reproduce.main(_argv(out, inception_weights))
     log = capsys.readouterr().out
-    assert log.count("reused") == 17 and "running" not in log and (out / "results.md").is_file()
+    assert log.count("reused") == 29 and "running" not in log and (out / "results.md").is_file()
     assert {r["model"]: r["epsilon"] for r in third["rows"]} == {r["model"]: r["epsilon"] for r in res["rows"]}
 
 
@@ -99,8 +103,8 @@ def test_warm_pair_shares_start_and_budget_each_with_its_scripts_recipe(tmp_path
     s = reproduce.settings(reproduce.build_parser().parse_args(["--data-root", str(tmp_path), "--train-sizes",
                                                                 "1000,250"]))
     plan = {name: (script, argv) for _, name, script, argv in reproduce.model_plan(s, tmp_path, public=tmp_path / "pub")}
-    assert [name for name in plan if name.endswith("-warm")] == ["n250-non-private-warm", "n250-dp-eps8-warm",
-                                                                  "n250-dp-eps1-warm"]
+    assert [name for name in plan if name.endswith("-warm")] == [f"n{n}-{m}-warm" for n in (1000, 250)
+                                                                  for m in ("non-private", "dp-eps8", "dp-eps1")]
     (np_script, npv), (dp_script, dp) = plan["n250-non-private-warm"], plan["n250-dp-eps8-warm"]
     assert (np_script, dp_script, plan["n250-dp-eps1-warm"][0]) == ("train_dcgan", "train_dcgan_dp", "train_dcgan_dp")
     assert reproduce._value(plan["n250-dp-eps1-warm"][1], "--epsilon", "") == "1"
@@ -109,6 +113,10 @@ def test_warm_pair_shares_start_and_budget_each_with_its_scripts_recipe(tmp_path
         assert reproduce._value(argv, "--ndf", 0) == reproduce._dp_default("ndf")  # the pretraining's width
         assert reproduce._value(argv, "--epochs", 0) == 480  # the same budget as every row at N = 250
     assert "--lr" not in npv and reproduce._value(dp, "--lr", "") == reproduce.WARM[1]
+    quick = reproduce.settings(reproduce.build_parser().parse_args(["--quick"]))  # digits: their DP width
+    plan = {name: argv for _, name, _, argv in reproduce.model_plan(quick, tmp_path, public=tmp_path / "pub")}
+    assert {reproduce._value(plan[f"n{n}-{m}-warm"], "--ndf", 0) for n in (100, 500)
+            for m in ("non-private", "dp-eps8")} == {8}
 
 
 def test_extra_seeds_retrain_the_smallest_non_private_model_only(tmp_path):

@@ -120,6 +120,9 @@ def test_refuses_to_overwrite_and_resume_mismatch(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_dcgan.main(tiny_args(tmp_path, "--max-steps", "2", "--resume", "--lr", "0.1"))
     assert "--lr" in capsys.readouterr().err
+    # a CelebA root ($CELEBA_ROOT by default) is not part of a digits run: set or not, the run resumes
+    train_dcgan.main(tiny_args(tmp_path, "--max-steps", "2", "--resume", "--data-root", str(tmp_path)))
+    assert json.loads((tmp_path / "config.json").read_text())["args"]["data_root"] is None
 
 
 def test_g_lr_scale_sets_g_lr_only_and_is_locked_on_resume(tmp_path, capsys):
