@@ -50,7 +50,7 @@ def test_quick_pipeline_end_to_end_idempotent_and_resumable(tmp_path, inception_
     # everything finished: all stages reused (progress bars do not change what a stage computes)
     again = reproduce.main([a for a in _argv(out, inception_weights) if a != "--no-progress"])
     log = capsys.readouterr().out
-    assert log.count("reused") == 29 and "running" not in log and "training" not in log
+    assert log.count("reused") == 29 and "running" not in log and "] training ->" not in log
     assert again["rows"] == res["rows"]
 
     # an interrupted DP run (checkpoint, no final artefacts) resumes; only its later stages are redone. --only
