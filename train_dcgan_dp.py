@@ -140,12 +140,6 @@ class PairGhostClipper:
         oh, ow = g.shape[2:]
         hz, wz = oh + max(q[0] for q in groups) - 1, ow + max(q[1] for q in groups) - 1
         z = {}  # per shift group: the sub-grid pixels of the zero-padded input, (2n, |r|·C, hz·wz)
-        if len(groups) == 1 and len(next(iter(groups.values()))) == sh * sw:  # all residues alike (S divides k)
-            # the zero-padded input cut to (hz·S, wz·S) holds every sub-grid: z_r[u, v] = it[u·S + ry, v·S + rx]
-            ap = F.pad(a, (pw, wz * sw - a.shape[3] - pw, ph, hz * sh - a.shape[2] - ph))
-            z[next(iter(groups))] = ap.view(2 * n, a.shape[1], hz, sh, wz, sw).permute(0, 1, 3, 5, 2, 4) \
-                .reshape(2 * n, -1, hz * wz)
-            groups = {}
         for q, r in groups.items():
             zq = a.new_empty(2 * n, a.shape[1], len(r), hz, wz)
             for k, (ry, rx) in enumerate(r):  # one strided copy per residue, zeros where the padding is
