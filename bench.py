@@ -14,6 +14,8 @@ beside a busy process, with --threads auto and with one thread per core. Figures
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import multiprocessing as mp
 import os
 import resource
@@ -231,7 +233,8 @@ def job_threads(width: int, steps: int, threads: str, busy: bool, tmp: str) -> d
         args = train_dcgan.build_parser().parse_args(
             ["--ngf", str(width), "--ndf", str(width), "--max-steps", str(steps), "--num-samples", "0",
              "--no-progress", "--cache-dir", "", "--threads", threads, "--out", tmp])
-        res = train_dcgan.train(args)
+        with contextlib.redirect_stdout(io.StringIO()):  # the run's own log is not the benchmark's output
+            res = train_dcgan.train(args)
     finally:
         if other is not None:
             other.kill()

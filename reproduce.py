@@ -242,15 +242,14 @@ def train_stage(name, script, argv, no_progress) -> dict:
     mod = importlib.import_module(script)
     parse = mod.parse_args if hasattr(mod, "parse_args") else mod.build_parser().parse_args
     args = parse(argv + (["--no-progress"] if no_progress else []))
-    from train_dcgan import LOCKED_BEFORE, check_args
+    from train_dcgan import as_recorded, check_args
 
     check_args(args)  # normalises as train() does, so the comparison below sees what the run recorded
     run = Path(args.out)
     want = {k: v for k, v in vars(args).items() if k not in _VOLATILE}
     if (run / "results.json").is_file() and (run / "config.json").is_file():
-        have = {k: v for k, v in read_json(run / "config.json")["args"].items() if k not in _VOLATILE}
-        have = {**{k: v for k, v in LOCKED_BEFORE.items() if k in want}, **have}  # flags newer than the run
-        have["data_root"] = have.get("data_root") if have.get("data") == "celeba" else None  # see check_args
+        have = as_recorded({k: v for k, v in read_json(run / "config.json")["args"].items() if k not in _VOLATILE},
+                           want)
         if have == want:
             print(f"[{name}] trained run found in {run}: reused")
             return read_json(run / "results.json")

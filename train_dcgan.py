@@ -687,6 +687,14 @@ def _set_rng_state(st, device):
         torch.mps.set_rng_state(st["mps"])
 
 
+def as_recorded(recorded: dict, keys) -> dict:
+    """A run's recorded args as check_args would leave them today: flags among ``keys`` that are newer than the
+    run take the behaviour it had (LOCKED_BEFORE), and a non-CelebA run's data root is None."""
+    out = {**{k: v for k, v in LOCKED_BEFORE.items() if k in keys}, **recorded}
+    out["data_root"] = out.get("data_root") if out.get("data") == "celeba" else None
+    return out
+
+
 def _open_run(args, privacy):
     """(run folder, checkpoint or None); refuses to overwrite a run or resume it with other settings."""
     out = Path(args.out) if args.out else default_out(args, privacy.private)
@@ -697,8 +705,9 @@ def _open_run(args, privacy):
         raise UserError(f"--resume: no checkpoint at {ckpt_path}")
     ckpt = safe_load(ckpt_path) if args.resume else None
     if ckpt is not None:
-        was = {k: ckpt["args"].get(k, LOCKED_BEFORE.get(k)) for k in RESUME_LOCKED + privacy.locked_args}
-        was["data_root"] = was["data_root"] if was["data"] == "celeba" else None  # see check_args
+        locked = RESUME_LOCKED + privacy.locked_args
+        was = as_recorded(ckpt["args"], locked)
+        was = {k: was.get(k) for k in locked}
         changed = [f"--{k.replace('_', '-')} {was[k]!r} -> {getattr(args, k, None)!r}"
                    for k in was if was[k] != getattr(args, k, None)]
         if changed:

@@ -58,12 +58,14 @@ class PairGhostClipper:
     * Conv2d: pair i's weight gradient is Σ_t g_t a_tᵀ over the output positions t of BOTH images (a_t: the
       input patch under the kernel at t), and its squared norm is Σ_{t,s} <a_t,a_s><g_t,g_s> ("ghost norm",
       Li et al. 2022), in blocks real-real + 2 real-fake + fake-fake. The patch Gram <a_t,a_s> is never
-      formed: with stride S the input splits into S x S sub-grids z_r = x[ry::S, rx::S], every kernel tap
-      is a sub-grid pixel shifted by q, so Σ_{t,s} <a_t,a_s> h_ts = Σ_r <K_r, H_r> with the pixel Gram
-      K_r[u,v] = <z_r[u], z_r[v]> (over channels) and H_r[u,v] = Σ_q h_{u-q, v-q}, computed as
-      Σ_q Σ_{t,s} K_r[t+q, s+q] h_ts. That is (k/S)² times less
-      work than unfolding patches. Where it is cheaper still (few output positions: D's first and last
-      layer) the per-pair gradients are materialised by a grouped convolution with one group per pair.
+      formed: with stride S the input splits into S x S sub-grids z_r = x[ry::S, rx::S], and tap (ky, kx) at
+      output position t reads sub-grid pixel t + d for one shift d per tap (zero padding falls outside the
+      sub-grid), so Σ_{t,s} <a_t,a_s> h_ts = Σ_r <K_r, H_r> with the pixel Gram K_r[u,v] = <z_r[u], z_r[v]>
+      (over channels) and H_r[u,v] = Σ_d h_{u-d, v-d} over r's taps. Sub-grids with the same shift pattern
+      share one H, read at their own offset. That is about (k/S)² times less work than unfolding patches, and
+      the only copy of the input is one permutation into its sub-grids. Where it is cheaper still (few
+      output positions: D's first and last layer) the per-pair gradients are materialised by a grouped
+      convolution with one group per pair.
     * GroupNorm: per-pair gradients (one value per channel) are materialised.
 
     The clipped sum Σ_i min(1, C / ‖g_i‖) g_i is then ONE weight gradient per layer with the output gradient
@@ -77,7 +79,7 @@ class PairGhostClipper:
     accounting are those of flat clipping.
     """
 
-    def __init__(self, module: nn.Module, max_grad_norm: float, chunk_floats: int = 2 ** 20, clipping: str = "flat"):
+    def __init__(self, module: nn.Module, max_grad_norm: float, chunk_floats: int = 2 ** 22, clipping: str = "flat"):
         self.max_grad_norm, self.chunk_floats = max_grad_norm, chunk_floats
         self.layers, self.blocks, conv = [], [], None  # blocks[j]: the clipping block of layers[j]
         for name, m in module.named_modules():
@@ -102,23 +104,37 @@ class PairGhostClipper:
         return torch.nn.grad.conv2d_weight(a, shape, g, m.stride, m.padding, m.dilation, groups)
 
     @staticmethod
-    def _subgrids(m):
-        """Stride residues (ry, rx) grouped by their number of kernel shifts (qh, qw)."""
-        (kh, kw), (sh, sw) = m.kernel_size, m.stride
-        groups = {}
-        for ry in range(min(sh, kh)):
-            for rx in range(min(sw, kw)):
-                groups.setdefault((-(-(kh - ry) // sh), -(-(kw - rx) // sw)), []).append((ry, rx))
-        return groups
+    def _residues(m, shape):
+        """The input's stride sub-grids that some kernel tap reads, as [(index ry·S + rx, row shifts, column
+        shifts)], and the sub-grid size (hr, wr).
+
+        Sub-grid (ry, rx) holds the input pixels x[ry + S·i, rx + S·j]. Tap ky reads input row S·t + ky - p at
+        output row t, i.e. sub-grid row i = t + d with d = (ky - ry - p) / S for the taps ky ≡ ry + p (mod S);
+        the same for columns. Rows and columns outside the input are the zero padding and are left out.
+        """
+        (kh, kw), (sh, sw), (ph, pw) = m.kernel_size, m.stride, m.padding
+        hr, wr = -(-shape[2] // sh), -(-shape[3] // sw)
+        out = []
+        for ry in range(sh):
+            dy = [(ky - ry - ph) // sh for ky in range(kh) if (ky - ry - ph) % sh == 0]
+            for rx in range(sw):
+                dx = [(kx - rx - pw) // sw for kx in range(kw) if (kx - rx - pw) % sw == 0]
+                if dy and dx:
+                    out.append((ry * sw + rx, tuple(dy), tuple(dx)))
+        return out, hr, wr
+
+    @staticmethod
+    def _ghost_is_cheaper(materialise_cost, ghost_cost):
+        """Multiply-adds per pair: the ghost norms win where they are under 2/3 of materialising (measured)."""
+        return 3 * ghost_cost < materialise_cost
 
     def _conv_sq_norms(self, m, a, g, n):
         """Squared per-pair gradient norms of a Conv2d, and the per-pair gradients if they were materialised."""
         o, c, kh, kw = m.weight.shape
         oh, ow = g.shape[2:]
         T = oh * ow
-        groups = self._subgrids(m)
-        ghost_cost = sum(len(r) * c * ((oh + qh - 1) * (ow + qw - 1)) ** 2 for (qh, qw), r in groups.items())
-        if 2 * T * c * kh * kw * o <= 3 * (ghost_cost + T * T * o):  # materialise the per-pair gradients
+        residues, hr, wr = self._residues(m, a.shape)
+        if not self._ghost_is_cheaper(2 * T * c * kh * kw * o, len(residues) * c * (hr * wr) ** 2 + T * T * o):
             if T == 1:  # one window: a linear layer on the patch
                 patch = F.pad(a, (m.padding[1],) * 2 + (m.padding[0],) * 2)[:, :, :kh, :kw]
                 gs = torch.bmm(g.reshape(2 * n, o, 1), patch.reshape(2 * n, 1, -1))
@@ -128,39 +144,43 @@ class PairGhostClipper:
                 gs = gs.reshape(n, -1)
             sq = torch.linalg.vector_norm(gs, dim=1).square()
         else:
-            gs, sq = None, self._ghost_sq_norms(m, a, g, n, groups)
+            gs, sq = None, self._ghost_sq_norms(m, a, g, n, residues, hr, wr)
         if m.bias is not None:
             gb = g.sum((2, 3))
             sq = sq + (gb[:n] + gb[n:]).square().sum(1)
         return sq, gs
 
-    def _ghost_sq_norms(self, m, a, g, n, groups):
+    def _ghost_sq_norms(self, m, a, g, n, residues, hr, wr):
         """Σ_{t,s} <a_t,a_s><g_t,g_s> per pair from the stride sub-grids (class docstring), in pair chunks."""
-        (sh, sw), (ph, pw) = m.stride, m.padding
-        oh, ow = g.shape[2:]
-        hz, wz = oh + max(q[0] for q in groups) - 1, ow + max(q[1] for q in groups) - 1
-        z = {}  # per shift group: the sub-grid pixels of the zero-padded input, (2n, |r|·C, hz·wz)
-        for q, r in groups.items():
-            zq = a.new_empty(2 * n, a.shape[1], len(r), hz, wz)
-            for k, (ry, rx) in enumerate(r):  # one strided copy per residue, zeros where the padding is
-                u0, v0 = -(-max(0, ph - ry) // sh), -(-max(0, pw - rx) // sw)  # first sub-grid row/col in the image
-                src = a[:, :, u0 * sh + ry - ph::sh, v0 * sw + rx - pw::sw][:, :, :hz - u0, :wz - v0]
-                u1, v1 = u0 + src.shape[2], v0 + src.shape[3]
-                zk = zq[:, :, k]
-                zk[:, :, u0:u1, v0:v1] = src
-                zk[:, :, :u0].zero_(), zk[:, :, u1:].zero_(), zk[:, :, :, :v0].zero_(), zk[:, :, :, v1:].zero_()
-            z[q] = zq.view(2 * n, -1, hz * wz)
-        gm, sq = g.flatten(2), g.new_zeros(n)
-        step = max(1, self.chunk_floats // (hz * wz) ** 2)
+        (sh, sw), (oh, ow) = m.stride, g.shape[2:]
+        if a.shape[2] != hr * sh or a.shape[3] != wr * sw:  # zero rows/columns up to a multiple of the stride
+            a = F.pad(a, (0, wr * sw - a.shape[3], 0, hr * sh - a.shape[2]))
+        idx = [i for i, _, _ in residues]
+        z = a.view(2 * n, -1, hr, sh, wr, sw).permute(0, 3, 5, 1, 2, 4).reshape(2 * n, sh * sw, -1, hr * wr)
+        if len(idx) < sh * sw:  # residues that no tap reads (kernel smaller than the stride)
+            z = z[:, idx]
+        # H[u, v] = Σ_d gg[u - d, v - d] over a residue's shifts d, held on a grid offset by -min(d) >= 0, so that
+        # residues with the same shift pattern share one H and read it at their own offset
+        patterns = {}  # (shift pattern relative to its minimum) -> [(residue position in z, grid offset)]
+        for pos, (_, dy, dx) in enumerate(residues):
+            key = (tuple(d - min(dy) for d in dy), tuple(d - min(dx) for d in dx))
+            patterns.setdefault(key, []).append((pos, -min(dy), -min(dx)))
+        hz, wz = hr + max(-min(dy) for _, dy, _ in residues), wr + max(-min(dx) for _, _, dx in residues)
+        hz, wz = max(hz, oh + max(max(q) for q, _ in patterns)), max(wz, ow + max(max(q) for _, q in patterns))
+        gm, sq, r = g.flatten(2), g.new_zeros(n), len(residues)
+        step = max(1, self.chunk_floats // (r * (hr * wr) ** 2 + len(patterns) * (hz * wz) ** 2))
         for i in range(0, n, step):
             j = min(n, i + step)
             for u, v, f in ((i, i, 1.0), (n + i, n + i, 1.0), (i, n + i, 2.0)):  # real-real, fake-fake, real-fake
-                gg = torch.bmm(gm[u:u + j - i].mT, gm[v:v + j - i])
-                for (qh, qw), zq in z.items():  # <K, H> = Σ_q Σ_{t,s} K[t + q, s + q] gg[t, s]
-                    k = torch.bmm(zq[u:u + j - i].mT, zq[v:v + j - i]).view(j - i, hz, wz, hz, wz)  # pixel Gram
-                    ks = sum(k[:, qy:qy + oh, qx:qx + ow, qy:qy + oh, qx:qx + ow]
-                             for qy in range(qh) for qx in range(qw))
-                    sq[i:j] += f * torch.linalg.vecdot(ks.flatten(1), gg.flatten(1))
+                gg = torch.bmm(gm[u:u + j - i].mT, gm[v:v + j - i]).view(j - i, oh, ow, oh, ow)
+                k = torch.matmul(z[u:u + j - i].mT, z[v:v + j - i]).view(j - i, r, hr, wr, hr, wr)  # pixel Grams
+                for (qy, qx), members in patterns.items():
+                    h = gg.new_zeros(j - i, hz, wz, hz, wz)
+                    for y in qy:
+                        for x in qx:
+                            h[:, y:y + oh, x:x + ow, y:y + oh, x:x + ow] += gg
+                    for pos, y, x in members:
+                        sq[i:j] += f * (k[:, pos] * h[:, y:y + hr, x:x + wr, y:y + hr, x:x + wr]).sum((1, 2, 3, 4))
         return sq
 
     def step(self, D, real, fake):

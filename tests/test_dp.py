@@ -84,6 +84,27 @@ def test_ghost_norms_on_rgb_64px_with_bias():
     assert min(norms) > 0.5 and all(torch.allclose(p.grad, r, atol=1e-12) for p, r in zip(D.parameters(), ref))
 
 
+def test_ghost_norms_on_odd_sizes_strides_and_kernels(monkeypatch):
+    """Sub-grid edge cases, each through the ghost path: an input size that the stride does not divide, no
+    padding, stride 3 with padding 2 (taps at negative sub-grid shifts), and a kernel smaller than its stride
+    (sub-grids that no tap reads). Float64, against per-pair autograd."""
+    torch.manual_seed(1)
+    nn = torch.nn
+    D = nn.Sequential(nn.Conv2d(2, 4, 3, 2, 0), nn.Conv2d(4, 6, 5, 3, 2), nn.GroupNorm(2, 6), nn.LeakyReLU(0.2),
+                      nn.Conv2d(6, 8, 1, 2, bias=False), nn.Conv2d(8, 1, 2), nn.Flatten(0)).double()
+    real, fake = torch.randn(4, 2, 23, 23).double(), torch.randn(4, 2, 23, 23).double()  # 23 -> 11 -> 4 -> 2 -> 1
+    clipper = train_dcgan_dp.PairGhostClipper(D, max_grad_norm=0.5, chunk_floats=3000)
+    ghost = []
+    original = clipper._ghost_sq_norms
+    monkeypatch.setattr(clipper, "_ghost_is_cheaper", lambda *costs: True)  # small layers would be materialised
+    monkeypatch.setattr(clipper, "_ghost_sq_norms", lambda m, *a: ghost.append(m) or original(m, *a))
+    clipper.step(D, real, fake)
+    assert ghost == [D[0], D[1], D[4], D[5]]
+    ref, norms = _reference_clipped_sum(copy.deepcopy(D), real, fake, 0.5)
+    assert torch.allclose(clipper.last_norms, torch.tensor(norms, dtype=torch.float64), rtol=1e-10)
+    assert min(norms) > 0.5 and all(torch.allclose(p.grad, r, atol=1e-12) for p, r in zip(D.parameters(), ref))
+
+
 def test_per_layer_clipping_matches_reference_and_keeps_sensitivity_c():
     """--clipping per-layer: each block (a conv and the GroupNorm after it) of each pair's gradient clipped to
     C / sqrt(L) by an independent per-pair autograd reference; every pair's clipped gradient has norm <= C."""
