@@ -207,8 +207,10 @@ def public_pretraining(s: dict, out: Path, ndf: int, no_progress: bool, train: b
     the studies (it lives beside their folders, so reproduce.py and reproduce.py --levers train it once).
     Digits, which have no separate public set: the train split minus every coin candidate of the study
     (--skip-subset 2 x the largest N), with the budget of a study model. ``train=False``: only its folder."""
+    run = out / "public-pretraining" if s["data"] == "digits" else out.parent / f"public-pretraining-ndf{ndf}"
+    if not train:
+        return run
     if s["data"] == "digits":
-        run = out / "public-pretraining"
         from data import load_images
 
         skip = 2 * max(s["size_list"])
@@ -219,12 +221,10 @@ def public_pretraining(s: dict, out: Path, ndf: int, no_progress: bool, train: b
         argv = common_argv(s) + ["--ndf", str(ndf), "--skip-subset", str(skip),
                                  "--epochs", str(max(1, round(s["budget"] / n_public)))]
     else:
-        run = out.parent / f"public-pretraining-ndf{ndf}"
         argv = [a if a != str(s["data_root"]) else str(s["public_root"]) for a in common_argv(s)
                 if a != "--random-split"]
         argv += ["--ngf", "32", "--ndf", str(ndf), "--epochs", "20", "--exclude-from", str(s["data_root"])]
-    if train:
-        train_stage(f"public pretraining (ndf {ndf})", "train_dcgan", argv + ["--out", str(run)], no_progress)
+    train_stage(f"public pretraining (ndf {ndf})", "train_dcgan", argv + ["--out", str(run)], no_progress)
     return run
 
 

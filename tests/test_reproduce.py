@@ -87,12 +87,15 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys, monkeypatch):
         reproduce.main(["--levers", "--data-root", str(tmp_path), "--rows", "6,99", "--out", str(tmp_path)])
     assert e.value.code == 2 and "--rows must be" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        reproduce.main(["--quick", "--only", "n40-dp-eps8", "--out", str(tmp_path)])  # the quick sizes are 100, 700
+        reproduce.main(["--quick", "--only", "n40-dp-eps8", "--out", str(tmp_path)])  # the quick sizes are 100, 500
     err = capsys.readouterr().err
     assert e.value.code == 2 and "--only: no model named n40-dp-eps8" in err and "n100-dp-eps8" in err
     with pytest.raises(SystemExit) as e:
         reproduce.main(["--levers", "--data-root", str(tmp_path), "--only", "x", "--out", str(tmp_path)])
     assert e.value.code == 2 and "--rows" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # 2 x 718 coin candidates leave 1 of the 1,437 train digits to pretrain on
+        reproduce.main(["--quick", "--train-sizes", "100,718", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "leave no digits for the public pretraining" in capsys.readouterr().err
     for bad in ("1,x", "0", "2,2", "-1"):  # the main seed is 0
         with pytest.raises(SystemExit) as e:
             reproduce.main(["--quick", "--extra-seeds", bad, "--out", str(tmp_path)])
