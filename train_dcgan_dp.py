@@ -165,8 +165,9 @@ class PairGhostClipper:
         for pos, (_, dy, dx) in enumerate(residues):
             key = (tuple(d - min(dy) for d in dy), tuple(d - min(dx) for d in dx))
             patterns.setdefault(key, []).append((pos, -min(dy), -min(dx)))
-        hz, wz = hr + max(-min(dy) for _, dy, _ in residues), wr + max(-min(dx) for _, _, dx in residues)
-        hz, wz = max(hz, oh + max(max(q) for q, _ in patterns)), max(wz, ow + max(max(q) for _, q in patterns))
+        placed = [(y, x) for members in patterns.values() for _, y, x in members]  # the grid covers every window
+        hz = max([oh + max(qy) for qy, _ in patterns] + [hr + y for y, _ in placed])
+        wz = max([ow + max(qx) for _, qx in patterns] + [wr + x for _, x in placed])
         gm, sq, r = g.flatten(2), g.new_zeros(n), len(residues)
         step = max(1, self.chunk_floats // (r * (hr * wr) ** 2 + len(patterns) * (hz * wz) ** 2))
         for i in range(0, n, step):
