@@ -6,7 +6,8 @@
 Every measurement runs in a fresh subprocess, so "peak extra memory" is that process's peak resident memory
 (CUDA: peak allocated) above what it held after building its inputs. Times are medians over --iters
 repetitions after warm-up; DP slowdowns are measured from alternating private and non-private steps in one
-process (the median of the per-pair ratios, with their range), which is robust to machine drift. "trainstep"
+process (the median of the per-pair ratios, with their range), which is robust to machine drift. "profile"
+times the phases of the DP step (job_profile) and the CPU's matmul and convolution throughput. "trainstep"
 times the loop's unit, K D steps and one G step, for K = 1 and 5. "threads" times short training runs alone and
 beside a busy process, with --threads auto and with one thread per core. Figures are ratios where the question is one
 ("how much slower is DP?"), so they transfer across machines better than raw numbers; the device is in the JSON.
@@ -139,6 +140,53 @@ def job_d_step(mode: str, batch: int, iters: int, device: str, threads: int) -> 
     return res
 
 
+def job_profile(batch: int, iters: int, device: str, threads: int, width: int = 64) -> dict:
+    """Where the DP (ghost) D step's time goes: the non-private step; the clipper's forward, backward to the
+    layer outputs and weight gradients without any norm; the same plus one convolution's per-pair norms (for
+    each); the whole clipper (norms, GroupNorm, clipping); the whole DP step (+ Opacus' noise and optimizer).
+    The variants run round-robin in one process, so drift hits them alike; medians in ms. Also the fp32
+    throughput (G multiply-adds/s) of a plain matrix product (torch.mm: the BLAS, MKL in PyTorch's x86 wheels)
+    and of D's second convolution (oneDNN), which is why the ratio depends on the CPU (README, Performance)."""
+    torch.set_num_threads(threads)
+    device = torch.device(device)
+    bce = torch.nn.BCEWithLogitsLoss()
+    _, D, optD, privacy, real, fake = _setup("ghost", batch, device, width)
+    _, D_np, opt_np, np_priv, _, _ = _setup("non-private", batch, device, width)
+    clipper, n = privacy.clipper, len(real)
+    convs = {name: m for name, m in D.named_modules() if m in clipper.layers and isinstance(m, torch.nn.Conv2d)}
+
+    def skeleton(norm_of=None):
+        _, _, acts, grads = clipper.forward_backward(D, real, fake)
+        for m, a, g in zip(clipper.layers, acts, grads):
+            if isinstance(m, torch.nn.Conv2d):
+                if m is norm_of:
+                    clipper._conv_sq_norms(m, a, g, n)
+                clipper._conv_weight_grad(m, a, g)
+
+    phases = {"non_private_step": lambda: np_priv.d_step(D_np, opt_np, real, fake, bce),
+              "forward_backward_weight_grads": skeleton,
+              **{f"+norms {name}": (lambda m=m: skeleton(m)) for name, m in convs.items()},
+              "clipper": lambda: clipper.step(D, real, fake),
+              "dp_step": lambda: privacy.d_step(D, optD, real, fake, bce)}
+    times = {k: [] for k in phases}
+    for rep in range(2 + iters):
+        for k, fn in phases.items():
+            t = _timed(lambda: (fn(), _sync(device)), 1, warmup=0)
+            if rep >= 2:  # two rounds of warm-up
+                times[k].append(t)
+    ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    res = {"batch": batch, "width": width, "ms": ms,
+           "norms_ms": {name: ms[f"+norms {name}"] - ms["forward_backward_weight_grads"] for name in convs}}
+    x = torch.randn(1024, 1024, device=device)
+    conv = list(convs.values())[1]
+    a = clipper.forward_backward(D, real, fake)[2][clipper.layers.index(conv)]  # its input in training
+    with torch.no_grad():
+        macs = conv(a).numel() * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        res["matmul_gmacs"] = 1024 ** 3 / _timed(lambda: (x @ x, _sync(device)), iters) / 1e9
+        res["conv_gmacs"] = macs / _timed(lambda: (conv(a), _sync(device)), iters) / 1e9
+    return res
+
+
 def job_train_step(k: int, batch: int, iters: int, device: str, threads: int, width: int = 64) -> dict:
     """The loop's unit: k D steps (each with fresh fakes) and one G step, DP (ghost) vs non-private, alternating."""
     torch.set_num_threads(threads)
@@ -246,7 +294,10 @@ def job_threads(width: int, steps: int, threads: str, busy: bool, tmp: str) -> d
 def isolated(fn, *args):
     """Run fn(*args) in a fresh spawned process (clean peak memory, no state shared between jobs)."""
     with mp.get_context("spawn").Pool(1, initializer=keep_freed_memory) as pool:  # as training does
-        return pool.apply(fn, args)
+        res = pool.apply(fn, args)
+        pool.close()  # let the worker exit normally: terminating it leaks the semaphores its tqdm bars made
+        pool.join()
+    return res
 
 
 # ----------------------------------------------------------------------------- main
@@ -254,8 +305,8 @@ def build_parser():
     p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repetitions")
-    p.add_argument("--only", default="dstep,trainstep,threads,inception,memorization,data",
-                   help="comma-separated subset of: dstep, trainstep, threads, inception, memorization, data")
+    p.add_argument("--only", default="dstep,profile,trainstep,threads,inception,memorization,data",
+                   help="comma-separated subset of: dstep, profile, trainstep, threads, inception, memorization, data")
     p.add_argument("--batch-size", type=int, default=128, help="D-step batch (pairs of real + fake)")
     p.add_argument("--iters", type=int, default=None, help="timed repetitions (default 10, --quick 3)")
     p.add_argument("--data", default="celeba" if os.environ.get("CELEBA_ROOT") else "digits",
@@ -290,6 +341,14 @@ def bench(args) -> dict:
                   f"x{r['slowdown_vs_non_private']:.2f}{paired}  "
                   f"peak +{r['peak_extra_mb']} MB")
         res["d_step"] = rows
+    if "profile" in only:
+        r = isolated(job_profile, args.batch_size, iters, device, args.threads)
+        ms, norms = r["ms"], ", ".join(f"{k} {v:.1f}" for k, v in r["norms_ms"].items())
+        print(f"DP step phases (ms): non-private step {ms['non_private_step']:.1f}; DP forward + backward + weight "
+              f"gradients {ms['forward_backward_weight_grads']:.1f}; + per-pair norms: {norms}; clipper "
+              f"{ms['clipper']:.1f}; DP step {ms['dp_step']:.1f}. fp32 matmul {r['matmul_gmacs']:.0f} "
+              f"G multiply-adds/s, convolution {r['conv_gmacs']:.0f}")
+        res["profile"] = r
     if "trainstep" in only:
         rows = [isolated(job_train_step, k, args.batch_size, iters, device, args.threads) for k in (1, 5)]
         for r in rows:

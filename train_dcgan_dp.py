@@ -184,8 +184,9 @@ class PairGhostClipper:
                         sq[i:j] += f * (k[:, pos] * h[:, y:y + hr, x:x + wr, y:y + hr, x:x + wr]).sum((1, 2, 3, 4))
         return sq
 
-    def step(self, D, real, fake):
-        """Set p.grad of D's parameters to the per-pair clipped gradient sum; return (loss, D(x), D(G(z)))."""
+    def forward_backward(self, D, real, fake):
+        """One forward pass over [real; fake] and one backward pass to the layer outputs: (summed loss, logits,
+        each layer's input, the loss gradient w.r.t. each layer's output)."""
         n = len(real)
         acts, outs, versions = [], [], []
 
@@ -206,7 +207,12 @@ class PairGhostClipper:
         out_r, out_f = logits[:n], logits[n:]
         loss = (F.binary_cross_entropy_with_logits(out_r, torch.ones_like(out_r), reduction="sum")
                 + F.binary_cross_entropy_with_logits(out_f, torch.zeros_like(out_f), reduction="sum"))
-        grads = torch.autograd.grad(loss, outs)  # per-sample loss gradients w.r.t. each layer's output
+        return loss, logits, acts, torch.autograd.grad(loss, outs)  # per-sample loss gradients, per layer output
+
+    def step(self, D, real, fake):
+        """Set p.grad of D's parameters to the per-pair clipped gradient sum; return (loss, D(x), D(G(z)))."""
+        n = len(real)
+        loss, logits, acts, grads = self.forward_backward(D, real, fake)
         sq = torch.zeros(self.n_blocks, n, device=real.device, dtype=logits.dtype)  # per block and pair
         per_pair = {}
         for m, a, g, b in zip(self.layers, acts, grads, self.blocks):
@@ -227,14 +233,14 @@ class PairGhostClipper:
             if isinstance(m, nn.GroupNorm):
                 m.weight.grad, m.bias.grad = scale @ per_pair[m][0], scale @ per_pair[m][1]
                 continue
-            gs = g * torch.cat([scale, scale]).view(-1, 1, 1, 1)
+            if m.bias is not None:
+                gb = g.sum((2, 3))
+                m.bias.grad = scale @ (gb[:n] + gb[n:])
             if per_pair[m] is not None:  # materialised: weight the per-pair gradients directly
                 m.weight.grad = (scale @ per_pair[m]).view_as(m.weight)
-            else:
-                m.weight.grad = self._conv_weight_grad(m, a, gs)
-            if m.bias is not None:
-                m.bias.grad = gs.sum((0, 2, 3))
-        return (loss.item() / n, torch.sigmoid(out_r).mean().item(), torch.sigmoid(out_f).mean().item())
+            else:  # g is autograd.grad's result, used no more: scale it in place
+                m.weight.grad = self._conv_weight_grad(m, a, g.mul_(torch.cat([scale, scale]).view(-1, 1, 1, 1)))
+        return (loss.item() / n, torch.sigmoid(logits[:n]).mean().item(), torch.sigmoid(logits[n:]).mean().item())
 
 
 def _accountant_epsilon(acc, delta: float, sigma: float) -> float:

@@ -37,3 +37,10 @@ def test_threads_job_runs_alone_and_beside_a_busy_process(tmp_path):
     for busy in (False, True):  # as bench() runs it: in a spawned (daemonic) pool worker
         r = bench.isolated(bench.job_threads, 8, 2, "1", busy, str(tmp_path / f"run{busy}"))
         assert r["busy_neighbour"] is busy and r["sec_per_step"] > 0 and r["threads_used"] == "1"
+
+
+def test_profile_job_times_every_phase_of_the_dp_step():
+    r = bench.job_profile(4, 1, "cpu", 1, width=8)
+    assert set(r["norms_ms"]) == {"main.0", "main.2", "main.5", "main.8"}  # D's four convolutions
+    assert {"non_private_step", "forward_backward_weight_grads", "clipper", "dp_step"} <= set(r["ms"])
+    assert all(v > 0 for v in r["ms"].values()) and r["matmul_gmacs"] > 0 and r["conv_gmacs"] > 0
