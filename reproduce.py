@@ -230,10 +230,18 @@ def public_pretraining(s: dict, out: Path, ndf: int, no_progress: bool, train: b
 
 # ----------------------------------------------------------------------------- stages
 _VOLATILE = {"out", "resume", "no_progress", "device", "cache_dir", "threads"}  # do not change what a run computes
+_PATH_FLAGS = ("--gen", "--run", "--out", "--train-of", "--inception-weights")  # stage flags that name files
 
 
 def _stamp_ok(path: Path, stamp: dict) -> bool:
-    return path.is_file() and read_json(path) == stamp
+    """A stage's stamp matches: the same argv (its paths compared resolved, however they were spelled) and inputs."""
+    def resolved(st):
+        argv = list(st.get("argv", []))
+        for i in range(len(argv) - 1):
+            if argv[i] in _PATH_FLAGS:
+                argv[i + 1] = str(Path(argv[i + 1]).expanduser().resolve())
+        return {**st, "argv": argv}
+    return path.is_file() and resolved(read_json(path)) == resolved(stamp)
 
 
 def train_stage(name, script, argv, no_progress) -> dict:
@@ -242,7 +250,7 @@ def train_stage(name, script, argv, no_progress) -> dict:
     mod = importlib.import_module(script)
     parse = mod.parse_args if hasattr(mod, "parse_args") else mod.build_parser().parse_args
     args = parse(argv + (["--no-progress"] if no_progress else []))
-    from train_dcgan import as_recorded, check_args
+    from train_dcgan import as_recorded, check_args, resolved_paths
 
     check_args(args)  # normalises as train() does, so the comparison below sees what the run recorded
     run = Path(args.out)
@@ -250,7 +258,7 @@ def train_stage(name, script, argv, no_progress) -> dict:
     if (run / "results.json").is_file() and (run / "config.json").is_file():
         have = as_recorded({k: v for k, v in read_json(run / "config.json")["args"].items() if k not in _VOLATILE},
                            want)
-        if have == want:
+        if resolved_paths(have) == resolved_paths(want):
             print(f"[{name}] trained run found in {run}: reused")
             return read_json(run / "results.json")
     if (run / "ckpt.pt").is_file():

@@ -687,6 +687,15 @@ def _set_rng_state(st, device):
         torch.mps.set_rng_state(st["mps"])
 
 
+PATH_ARGS = ("data_root", "exclude_from", "init_from")  # compared as the folders they name, not as spelled
+
+
+def resolved_paths(args: dict) -> dict:
+    """args with PATH_ARGS resolved: a relative and an absolute spelling of one folder compare equal (a relative
+    path that a run recorded is taken from the current directory, where reproduce.py and resume run)."""
+    return {k: str(Path(v).expanduser().resolve()) if k in PATH_ARGS and v else v for k, v in args.items()}
+
+
 def as_recorded(recorded: dict, keys) -> dict:
     """A run's recorded args as check_args would leave them today: flags among ``keys`` that are newer than the
     run take the behaviour it had (LOCKED_BEFORE), and a non-CelebA run's data root is None."""
@@ -707,9 +716,9 @@ def _open_run(args, privacy):
     if ckpt is not None:
         locked = RESUME_LOCKED + privacy.locked_args
         was = as_recorded(ckpt["args"], locked)
-        was = {k: was.get(k) for k in locked}
-        changed = [f"--{k.replace('_', '-')} {was[k]!r} -> {getattr(args, k, None)!r}"
-                   for k in was if was[k] != getattr(args, k, None)]
+        was = resolved_paths({k: was.get(k) for k in locked})
+        now = resolved_paths({k: getattr(args, k, None) for k in locked})
+        changed = [f"--{k.replace('_', '-')} {was[k]!r} -> {now[k]!r}" for k in was if was[k] != now[k]]
         if changed:
             raise UserError(f"cannot resume {out} with different settings: {'; '.join(changed)}")
     return out, ckpt

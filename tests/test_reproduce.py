@@ -1,4 +1,6 @@
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +16,7 @@ def _argv(out, weights):
             "--threads", "1", "--cache-dir", str(out.parent / "cache"), "--out", str(out)]
 
 
-def test_quick_pipeline_end_to_end_idempotent_and_resumable(tmp_path, inception_weights, capsys):
+def test_quick_pipeline_end_to_end_idempotent_and_resumable(tmp_path, inception_weights, capsys, monkeypatch):
     out = tmp_path / "study"
     res = reproduce.main(_argv(out, inception_weights))
     for f in ("results.md", "results.json", "memorization_vs_n.png", "fid_vs_epsilon.png", "memorization_hist.png",
@@ -47,8 +49,11 @@ def test_quick_pipeline_end_to_end_idempotent_and_resumable(tmp_path, inception_
     assert saved["rows"] == json.loads(json.dumps(res["rows"]))
 
     assert "batch/s" not in capsys.readouterr().err  # --no-progress reaches the evaluation stages too
-    # everything finished: all stages reused (progress bars do not change what a stage computes)
-    again = reproduce.main([a for a in _argv(out, inception_weights) if a != "--no-progress"])
+    # everything finished: all stages reused (progress bars do not change what a stage computes), also with the
+    # study folder and the weights given as relative paths (the stages recorded them absolute)
+    monkeypatch.chdir(tmp_path)
+    rel = _argv(Path("study"), os.path.relpath(inception_weights, tmp_path))
+    again = reproduce.main([a for a in rel if a != "--no-progress"])
     log = capsys.readouterr().out
     assert log.count("reused") == 29 and "running" not in log and "] training ->" not in log
     assert again["rows"] == res["rows"]

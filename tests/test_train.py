@@ -264,7 +264,7 @@ def test_adaptive_schedule_never_reads_real_data(tmp_path, monkeypatch):
     assert all(torch.equal(wa[key], wb[key]) for key in wa)
 
 
-def test_init_from_loads_weights_and_rejects_other_architectures(tmp_path, capsys):
+def test_init_from_loads_weights_and_rejects_other_architectures(tmp_path, capsys, monkeypatch):
     _run(tmp_path / "src", "--max-steps", "3")  # G EMA 0.999 (the default): the released G is the EMA
     _run(tmp_path / "dst", "--max-steps", "1", "--init-from", str(tmp_path / "src"), "--ema-decay", "0",
          "--lr", "1e-9")
@@ -278,6 +278,10 @@ def test_init_from_loads_weights_and_rejects_other_architectures(tmp_path, capsy
         return max((a[k] - b[k]).abs().max().item() for k in a)
     assert dist(src["G_ema"], dst["G"]) < 1e-6 < 1e-4 < dist(src["G"], dst["G"])
     assert 0 < dist(src["D"], dst["D"]) < 1e-6
+    monkeypatch.chdir(tmp_path)  # resuming with the source spelled relative: the same folder, so the run continues
+    res = _run(tmp_path / "dst", "--max-steps", "2", "--init-from", "src", "--ema-decay", "0", "--lr", "1e-9",
+               "--resume")
+    assert res["steps"] == 2
     with pytest.raises(SystemExit) as e:
         train_dcgan.main(tiny_args(tmp_path / "bad", "--max-steps", "1", "--ngf", "16", "--init-from",
                                    str(tmp_path / "src")))
