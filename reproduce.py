@@ -235,13 +235,15 @@ _PATH_FLAGS = ("--gen", "--run", "--out", "--train-of", "--inception-weights")  
 
 def _stamp_ok(path: Path, stamp: dict) -> bool:
     """A stage's stamp matches: the same argv (its paths compared resolved, however they were spelled) and inputs."""
-    def resolved(st):
+    from train_dcgan import resolved
+
+    def canonical(st):
         argv = list(st.get("argv", []))
         for i in range(len(argv) - 1):
             if argv[i] in _PATH_FLAGS:
-                argv[i + 1] = str(Path(argv[i + 1]).expanduser().resolve())
+                argv[i + 1] = resolved(argv[i + 1])
         return {**st, "argv": argv}
-    return path.is_file() and resolved(read_json(path)) == resolved(stamp)
+    return path.is_file() and canonical(read_json(path)) == canonical(stamp)
 
 
 def train_stage(name, script, argv, no_progress) -> dict:

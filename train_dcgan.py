@@ -596,8 +596,13 @@ def _root(data, data_root):
     return data_root if data == "celeba" else str(data or "").partition("folder:")[2] or None
 
 
+def resolved(path) -> str:
+    """The file or folder a path names: ~ expanded, relative to the current directory, symlinks followed."""
+    return str(Path(path).expanduser().resolve())
+
+
 def _same_path(a, b) -> bool:
-    return bool(a) and bool(b) and Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    return bool(a) and bool(b) and resolved(a) == resolved(b)
 
 
 # ----------------------------------------------------------------------------- artefacts
@@ -693,7 +698,7 @@ PATH_ARGS = ("data_root", "exclude_from", "init_from")  # compared as the folder
 def resolved_paths(args: dict) -> dict:
     """args with PATH_ARGS resolved: a relative and an absolute spelling of one folder compare equal (a relative
     path that a run recorded is taken from the current directory, where reproduce.py and resume run)."""
-    return {k: str(Path(v).expanduser().resolve()) if k in PATH_ARGS and v else v for k, v in args.items()}
+    return {k: resolved(v) if k in PATH_ARGS and v else v for k, v in args.items()}
 
 
 def as_recorded(recorded: dict, keys) -> dict:
