@@ -129,7 +129,8 @@ class PairGhostClipper:
         return 3 * ghost_cost < materialise_cost
 
     def _conv_sq_norms(self, m, a, g, n):
-        """Squared per-pair gradient norms of a Conv2d, and the per-pair gradients if they were materialised."""
+        """Squared per-pair gradient norms of a Conv2d, the per-pair weight gradients if they were materialised
+        (else None) and the per-pair bias gradients (None without a bias)."""
         o, c, kh, kw = m.weight.shape
         oh, ow = g.shape[2:]
         T = oh * ow
@@ -145,10 +146,12 @@ class PairGhostClipper:
             sq = torch.linalg.vector_norm(gs, dim=1).square()
         else:
             gs, sq = None, self._ghost_sq_norms(m, a, g, n, residues, hr, wr)
+        gb = None
         if m.bias is not None:
             gb = g.sum((2, 3))
-            sq = sq + (gb[:n] + gb[n:]).square().sum(1)
-        return sq, gs
+            gb = gb[:n] + gb[n:]
+            sq = sq + gb.square().sum(1)
+        return sq, gs, gb
 
     def _ghost_sq_norms(self, m, a, g, n, residues, hr, wr):
         """Σ_{t,s} <a_t,a_s><g_t,g_s> per pair from the stride sub-grids (class docstring), in pair chunks."""
@@ -217,7 +220,8 @@ class PairGhostClipper:
         per_pair = {}
         for m, a, g, b in zip(self.layers, acts, grads, self.blocks):
             if isinstance(m, nn.Conv2d):
-                sq_m, per_pair[m] = self._conv_sq_norms(m, a, g, n)
+                sq_m, gw, gb = self._conv_sq_norms(m, a, g, n)
+                per_pair[m] = gw, gb
             else:
                 gw = (F.group_norm(a, m.num_groups, eps=m.eps) * g).flatten(2).sum(2)
                 gb = g.flatten(2).sum(2)
@@ -229,15 +233,11 @@ class PairGhostClipper:
         bound = self.max_grad_norm / self.n_blocks ** 0.5  # C, or C / √L per block
         scales = (bound / (sq.sqrt() + 1e-6)).clamp(max=1.0)  # Opacus' clip factor, per block and pair
         for m, a, g, b in zip(self.layers, acts, grads, self.blocks):
-            scale = scales[b]
-            if isinstance(m, nn.GroupNorm):
-                m.weight.grad, m.bias.grad = scale @ per_pair[m][0], scale @ per_pair[m][1]
-                continue
-            if m.bias is not None:
-                gb = g.sum((2, 3))
-                m.bias.grad = scale @ (gb[:n] + gb[n:])
-            if per_pair[m] is not None:  # materialised: weight the per-pair gradients directly
-                m.weight.grad = (scale @ per_pair[m]).view_as(m.weight)
+            scale, (gw, gb) = scales[b], per_pair[m]  # per-pair weight and bias gradients (None: not formed)
+            if gb is not None:
+                m.bias.grad = scale @ gb
+            if gw is not None:  # materialised (GroupNorm, small convolutions): weight the per-pair gradients
+                m.weight.grad = (scale @ gw).view_as(m.weight)
             else:  # g is autograd.grad's result, used no more: scale it in place
                 m.weight.grad = self._conv_weight_grad(m, a, g.mul_(torch.cat([scale, scale]).view(-1, 1, 1, 1)))
         return (loss.item() / n, torch.sigmoid(logits[:n]).mean().item(), torch.sigmoid(logits[n:]).mean().item())
