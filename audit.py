@@ -39,7 +39,6 @@ RUN/audit).
 """
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from pathlib import Path
@@ -48,15 +47,15 @@ import numpy as np
 import torch
 
 import data as data_mod
-from utils import Threads, UserError, pick_device, read_json, run_cli, safe_load, write_json
+from utils import (Parser, Threads, UserError, pick_device, plt, read_json, run_cli, seeded_perm, seeded_subset,
+                   write_json)
 
 FPR_LEVELS = (0.01, 0.001)
 ATTACKS = ("white_box", "black_box", "black_box_calibrated")
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="audit.py", description=__doc__.split("\n")[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="audit.py", description=__doc__.split("\n")[0], epilog=__doc__)
     p.add_argument("--run", required=True, help="run folder of train_dcgan.py / train_dcgan_dp.py")
     p.add_argument("--data-root", default=None, help="data root if it moved since training (default: the run's)")
     p.add_argument("--nonmember-split", default="test", choices=["val", "test"],
@@ -72,12 +71,12 @@ def build_parser():
                    "else 1e-6)")
     p.add_argument("--alpha", type=float, default=0.05, help="the bound holds with probability 1 - alpha")
     p.add_argument("--inception-weights", default=None, help="for --space inception")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=256, help="images per discriminator batch")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--threads", default="auto", help="CPU threads: N, or auto = the cores other processes leave idle")
-    p.add_argument("--cache-dir", default=data_mod.DEFAULT_CACHE_DIR)
+    p.add_argument("--cache-dir", default=data_mod.DEFAULT_CACHE_DIR, help="decoded-image (and feature) cache")
     p.add_argument("--out", default=None, help="output folder (default RUN/audit)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the member / non-member / calibration subsets")
     return p
 
 
@@ -191,7 +190,7 @@ def one_run_audit(scores, included, delta: float, alpha: float = 0.05, seed: int
     s = np.asarray(scores, np.float64)
     inc = np.asarray(included, bool)
     m = len(s)
-    tie = np.random.default_rng(seed).permutation(m)
+    tie = seeded_perm(m, seed).numpy()
     order = np.lexsort((tie, -s))  # descending score; ties in a coin-independent order
     correct_in = np.cumsum(inc[order])  # [k-1]: members among the k top scores
     correct_out = np.cumsum(~inc[order[::-1]])  # [k-1]: non-members among the k lowest
@@ -287,22 +286,19 @@ def pixel_copies(gen_u8: torch.Tensor, members_u8: torch.Tensor, nonmembers_u8: 
 
 
 def load_run(run: Path, data_root=None, cache_dir=None):
-    """(train_dcgan.TrainingData rebuilt exactly as the run saw it, the trained discriminator) of a run folder."""
-    from models import Discriminator
-    from train_dcgan import run_training_data
+    """(the run's TrainingData, rebuilt exactly as the run saw it, and its trained discriminator)."""
+    from models import load_discriminator
+    from runs import run_training_data
 
     td = run_training_data(run, data_root, cache_dir)
     if not (run / "ckpt.pt").is_file():
         raise UserError(f"{run} has no ckpt.pt: the white-box attack needs the trained discriminator")
-    blob = safe_load(run / "ckpt.pt")
-    c = blob["config"]
-    D = Discriminator(c["ndf"], c["channels"], c["image_size"])
-    D.load_state_dict(blob["D"])
-    return td, D
+    return td, load_discriminator(run / "ckpt.pt")
 
 
 def generated_images(run: Path, n: int, device) -> tuple[torch.Tensor, str]:
-    from train_dcgan import generate, load_generator
+    from gan import generate
+    from models import load_generator
 
     if (run / "generator.pt").is_file() and n:
         G, cfg = load_generator(run / "generator.pt", device)
@@ -311,10 +307,6 @@ def generated_images(run: Path, n: int, device) -> tuple[torch.Tensor, str]:
         x = data_mod.load_npz(run / "samples.npz")
         return x, f"{len(x)} images of samples.npz"
     raise UserError(f"{run} has neither generator.pt nor samples.npz: did the training run finish?")
-
-
-def _subset(idx: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    return idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))[:n]]
 
 
 # ----------------------------------------------------------------------------- main
@@ -342,7 +334,7 @@ def audit(args) -> dict:
     if n < 2:
         raise UserError(f"need at least 2 members and non-members; the {args.nonmember_split} split of "
                         f"{imgs.source} has {len(nonmem)} usable images")
-    members, nonmem = _subset(members, n, args.seed), _subset(nonmem, n, args.seed + 1)
+    members, nonmem = seeded_subset(members, n, args.seed), seeded_subset(nonmem, n, args.seed + 1)
     queries = {"members": members, "nonmembers": nonmem}
     refs = None
     if canaries:
@@ -372,15 +364,19 @@ def audit(args) -> dict:
                 if id(x) not in feats:
                     feats[id(x)] = ext(x, desc=f"features ({len(x)})")
             return metrics.nearest_cosine(feats[id(q)], feats[id(ref)], device=device)[0]
+    # each image's nearest-neighbour distances once, though it may be a member, a candidate and a canary at once
+    union = torch.unique(torch.cat(list(queries.values())))
+    d_gen = dist(imgs.images[union], gen_u8)
+    d_cal = np.maximum(dist(imgs.images[union], imgs.images[calib]), 1e-12) if n_cal else None
     for k, v in queries.items():
-        q = imgs.images[v]
-        d_gen = dist(q, gen_u8)
-        scores[f"black_box_{k}"] = -d_gen
+        at = torch.searchsorted(union, v).numpy()
+        scores[f"black_box_{k}"] = -d_gen[at]
         if n_cal:  # difficulty calibration: how much closer the generator comes than never-trained real images
-            scores[f"black_box_calibrated_{k}"] = -d_gen / np.maximum(dist(q, imgs.images[calib]), 1e-12)
+            scores[f"black_box_calibrated_{k}"] = -d_gen[at] / d_cal[at]
 
     cap = min(n, COPY_TEST_MAX_REAL)  # the test holds (samples x 2 cap) distances in memory
-    copies = pixel_copies(gen_u8, imgs.images[members[:cap]], imgs.images[nonmem[:cap]], device, seed=args.seed,
+    copies = pixel_copies(gen_u8, imgs.images[seeded_subset(members, cap, args.seed + 3)],
+                          imgs.images[seeded_subset(nonmem, cap, args.seed + 4)], device, seed=args.seed,
                           gallery=out / "copies.png")
     attacks = {}
     audited = [att for att in ATTACKS if f"{att}_members" in scores]
@@ -425,22 +421,13 @@ ATTACK_TITLES = {"white_box": "white-box (discriminator logit)", "black_box": "b
                  "black_box_calibrated": "black-box, calibrated (÷ distance to held-out)"}
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_roc(named_scores: dict, path) -> None:
     """ROC curves (log-log) of every attack for one or more models ({name: scores of audit()})."""
     from sklearn.metrics import roc_curve
 
-    plt = _plt()
+    pyplot = plt()
     atts = [a for a in ATTACKS if any(f"{a}_members" in sc for sc in named_scores.values())]
-    fig, axes = plt.subplots(1, len(atts), figsize=(5 * len(atts), 4.2), squeeze=False)
+    fig, axes = pyplot.subplots(1, len(atts), figsize=(5 * len(atts), 4.2), squeeze=False)
     for ax, attack in zip(axes[0], atts):
         for name, scores in named_scores.items():
             if f"{attack}_members" not in scores:
@@ -457,13 +444,13 @@ def plot_roc(named_scores: dict, path) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    pyplot.close(fig)
 
 
 def plot_one_run(named_audits: dict, path) -> None:
     """One-run epsilon lower bound against the number of guesses r, per attack and model."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    pyplot = plt()
+    fig, ax = pyplot.subplots(figsize=(7, 4.2))
     for i, (name, res) in enumerate(named_audits.items()):
         for att, ls in zip(ATTACKS, ("-", "--", ":")):
             o = res["attacks"].get(att, {}).get("one_run")
@@ -483,7 +470,7 @@ def plot_one_run(named_audits: dict, path) -> None:
     ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    pyplot.close(fig)
 
 
 def print_summary(res: dict) -> None:

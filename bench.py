@@ -14,7 +14,6 @@ beside a busy process, with --threads auto and with one thread per core. Figures
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import multiprocessing as mp
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils import keep_freed_memory, pick_device, run_cli, versions, write_json
+from utils import Parser, keep_freed_memory, pick_device, run_cli, versions, write_json
 
 
 def _peak_rss_mb() -> float:
@@ -84,7 +83,7 @@ def _paired(step_a, step_b, iters: int, device) -> dict:
 
 def _setup(mode: str, batch: int, device, width: int = 64):
     """(G, D, optD, privacy strategy, real, fake) as train_dcgan.train builds them."""
-    import train_dcgan
+    import privacy as privacy_mod
     from models import build_models
 
     torch.manual_seed(0)
@@ -92,12 +91,12 @@ def _setup(mode: str, batch: int, device, width: int = 64):
     G, D = G.to(device), D.to(device)
     optD = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
     if mode == "non-private":
-        privacy = train_dcgan.NonPrivate(None)
+        privacy = privacy_mod.NonPrivate()
     else:
         import train_dcgan_dp
 
-        privacy = train_dcgan_dp.DPPrivacy(train_dcgan_dp.parse_args(["--noise-multiplier", "1.0",
-                                                                       "--grad-sample-mode", mode]))
+        args = train_dcgan_dp.parse_args(["--noise-multiplier", "1.0", "--grad-sample-mode", mode])
+        privacy = privacy_mod.DPSGD(args)
         D, optD = privacy.make_private(D, optD, n_train=batch * 100, batch_size=batch, steps_per_epoch=100,
                                        total_steps=100)
     real = torch.rand(batch, 1, 32, 32, device=device) * 2 - 1
@@ -108,27 +107,25 @@ def _setup(mode: str, batch: int, device, width: int = 64):
 def job_d_step(mode: str, batch: int, iters: int, device: str, threads: int) -> dict:
     """One discriminator step (real + fake pairs, one backward, optimizer step) as in training."""
     torch.set_num_threads(threads)
-    import train_dcgan
-
     device = torch.device(device)
     bce = torch.nn.BCEWithLogitsLoss()
     G, D, optD, privacy, real, fake = _setup(mode, batch, device)
     _, D_np, opt_np, np_priv, _, _ = _setup("non-private", batch, device)
 
     def step():
-        privacy.d_step(D, optD, real, fake, bce)
+        privacy.d_step(D, optD, real, fake)
 
     start = _mem_start(device)
     sec = _timed(lambda: (step(), _sync(device)), iters)
     res = {"mode": mode, "batch": batch, "sec_per_step": sec, "images_per_s": batch / sec,
            "peak_extra_mb": _mem_extra(device, start)}
     if mode != "non-private":  # the ratio from alternating steps in one process: robust to machine drift
-        res["slowdown_paired"] = _paired(lambda: np_priv.d_step(D_np, opt_np, real, fake, bce), step, iters, device)
+        res["slowdown_paired"] = _paired(lambda: np_priv.d_step(D_np, opt_np, real, fake), step, iters, device)
     if mode == "hooks":  # lever: freezing D in the generator step (no per-sample work for D's parameters)
         z = torch.randn(batch, 100, device=device)
 
         def g_step(freeze):
-            ctx = train_dcgan.frozen(D, privacy) if freeze else torch.enable_grad()
+            ctx = privacy.frozen(D) if freeze else torch.enable_grad()
             with ctx:
                 bce(D(G(z)), torch.ones(batch, device=device)).backward()
             G.zero_grad(set_to_none=True)
@@ -149,7 +146,6 @@ def job_profile(batch: int, iters: int, device: str, threads: int, width: int = 
     and of D's second convolution (oneDNN), which is why the ratio depends on the CPU (README, Performance)."""
     torch.set_num_threads(threads)
     device = torch.device(device)
-    bce = torch.nn.BCEWithLogitsLoss()
     _, D, optD, privacy, real, fake = _setup("ghost", batch, device, width)
     _, D_np, opt_np, np_priv, _, _ = _setup("non-private", batch, device, width)
     clipper, n = privacy.clipper, len(real)
@@ -163,11 +159,11 @@ def job_profile(batch: int, iters: int, device: str, threads: int, width: int = 
                     clipper._conv_sq_norms(m, a, g, n)
                 clipper._conv_weight_grad(m, a, g)
 
-    phases = {"non_private_step": lambda: np_priv.d_step(D_np, opt_np, real, fake, bce),
+    phases = {"non_private_step": lambda: np_priv.d_step(D_np, opt_np, real, fake),
               "forward_backward_weight_grads": skeleton,
               **{f"+norms {name}": (lambda m=m: skeleton(m)) for name, m in convs.items()},
-              "clipper": lambda: clipper.step(D, real, fake),
-              "dp_step": lambda: privacy.d_step(D, optD, real, fake, bce)}
+              "clipper": lambda: clipper.backward(D, real, fake),
+              "dp_step": lambda: privacy.d_step(D, optD, real, fake)}
     times = {k: [] for k in phases}
     for rep in range(2 + iters):
         for k, fn in phases.items():
@@ -190,10 +186,9 @@ def job_profile(batch: int, iters: int, device: str, threads: int, width: int = 
 def job_train_step(k: int, batch: int, iters: int, device: str, threads: int, width: int = 64) -> dict:
     """The loop's unit: k D steps (each with fresh fakes) and one G step, DP (ghost) vs non-private, alternating."""
     torch.set_num_threads(threads)
-    import train_dcgan
+    import gan
 
     device = torch.device(device)
-    bce = torch.nn.BCEWithLogitsLoss()
 
     def unit(mode):
         G, D, optD, privacy, real, _ = _setup(mode, batch, device, width)
@@ -203,8 +198,8 @@ def job_train_step(k: int, batch: int, iters: int, device: str, threads: int, wi
             for _ in range(k):
                 with torch.no_grad():
                     fake = G(torch.randn(batch, 100, device=device))
-                privacy.d_step(D, optD, real, fake, bce)
-            train_dcgan.g_step(G, D, optG, privacy, batch, 100, device, bce)
+                privacy.d_step(D, optD, real, fake)
+            gan.g_step(G, D, optG, privacy, batch, 100, device)
         return run
     r = _paired(unit("non-private"), unit("ghost"), iters, device)
     return {"k": k, "batch": batch, "width": width, "sec_non_private": r["sec_a"], "sec_dp": r["sec_b"],
@@ -302,8 +297,7 @@ def isolated(fn, *args):
 
 # ----------------------------------------------------------------------------- main
 def build_parser():
-    p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n")[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="bench.py", description=__doc__.split("\n")[0], epilog=__doc__)
     p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repetitions")
     p.add_argument("--only", default="dstep,profile,trainstep,threads,inception,memorization,data",
                    help="comma-separated subset of: dstep, profile, trainstep, threads, inception, memorization, data")
@@ -311,11 +305,12 @@ def build_parser():
     p.add_argument("--iters", type=int, default=None, help="timed repetitions (default 10, --quick 3)")
     p.add_argument("--data", default="celeba" if os.environ.get("CELEBA_ROOT") else "digits",
                    help="data source of the loading benchmark (default celeba when $CELEBA_ROOT is set)")
-    p.add_argument("--data-root", default=os.environ.get("CELEBA_ROOT"))
-    p.add_argument("--inception-weights", default=os.environ.get("INCEPTION_WEIGHTS"))
-    p.add_argument("--device", default="auto")
+    p.add_argument("--data-root", default=os.environ.get("CELEBA_ROOT"), help="CelebA root (default $CELEBA_ROOT)")
+    p.add_argument("--inception-weights", default=os.environ.get("INCEPTION_WEIGHTS"),
+                   help="FID Inception weights of the feature benchmark (default $INCEPTION_WEIGHTS; none: skipped)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads per job")
-    p.add_argument("--out", default="outputs/bench.json")
+    p.add_argument("--out", default="outputs/bench.json", help="the JSON of every figure")
     return p
 
 
@@ -328,7 +323,7 @@ def bench(args) -> dict:
     if device.startswith("cuda"):
         res["gpu"] = torch.cuda.get_device_name(torch.device(device))
     if "dstep" in only:
-        from train_dcgan_dp import GRAD_SAMPLE_MODES
+        from privacy import GRAD_SAMPLE_MODES
 
         rows = [isolated(job_d_step, m, args.batch_size, iters, device, args.threads)
                 for m in ("non-private",) + GRAD_SAMPLE_MODES]

@@ -50,7 +50,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from utils import UserError, atomic_torch_save, sha256_json
+from utils import UserError, atomic_torch_save, seeded_perm, sha256_json
 
 IMG_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 SPLITS = ("train", "val", "test")
@@ -177,6 +177,16 @@ def _list_images(folder: Path) -> list:
     return sorted(files, key=lambda p: str(p.relative_to(folder)))
 
 
+def _cached(path):
+    """What a cache file holds (loaded with weights_only=True), or None: no cache, no file, or unreadable (rebuilt)."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception:
+        return None
+
+
 def _cached_decode(files, base: Path, image_size, channels, cache_dir, source, progress):
     """Decode ``files`` once; reuse the cached tensor while files and transform are unchanged."""
     stats = []
@@ -186,13 +196,9 @@ def _cached_decode(files, base: Path, image_size, channels, cache_dir, source, p
     key = sha256_json({"v": CACHE_VERSION, "base": str(base.resolve()), "files": stats,
                        "image_size": image_size, "channels": channels})
     cache = Path(cache_dir) / f"images-{source}-{image_size}px-{channels}ch-{key[:16]}.pt" if cache_dir else None
-    if cache is not None and cache.is_file():
-        try:
-            blob = torch.load(cache, weights_only=True)
-            if blob.get("key") == key:
-                return blob["images"], blob["names"], blob["skipped"], key
-        except Exception:
-            pass  # unreadable cache: rebuild it
+    blob = _cached(cache)
+    if isinstance(blob, dict) and blob.get("key") == key:
+        return blob["images"], blob["names"], blob["skipped"], key
     images, kept, skipped = decode_files(files, image_size, channels, desc=f"decoding {source}", progress=progress)
     names = [stats[i][0] for i in kept]
     skipped = [[str(Path(p).relative_to(base)), why] for p, why in skipped]
@@ -212,11 +218,11 @@ def seeded_split(n: int, seed: int = 0, val_frac: float = 0.1, test_frac: float 
     if n >= 3:
         n_test, n_val = max(n_test, 1), max(n_val, 1)
     if groups is None:
-        perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
+        perm = seeded_perm(n, seed)
         return {"test": perm[:n_test].sort().values, "val": perm[n_test:n_test + n_val].sort().values,
                 "train": perm[n_test + n_val:].sort().values}
     uniq, inv = np.unique(np.asarray(groups), return_inverse=True)
-    order = np.random.default_rng(seed).permutation(len(uniq))
+    order = seeded_perm(len(uniq), seed).numpy()
     sizes = np.bincount(inv)[order]
     ends = np.cumsum(sizes)
     n_test_g = min(len(uniq), int(np.searchsorted(ends, n_test)) + 1) if n_test else 0
@@ -262,12 +268,7 @@ def _groups(images, threshold, cache_dir, key):
     if not threshold or threshold <= 0:
         return None, {"threshold": None, "note": "near-duplicate grouping disabled"}
     path = Path(cache_dir) / f"groups-{sha256_json([key, threshold])[:16]}.pt" if cache_dir else None
-    groups = None
-    if path is not None and path.is_file():
-        try:
-            groups = torch.load(path, weights_only=True)
-        except Exception:
-            groups = None
+    groups = _cached(path)
     if groups is None or len(groups) != len(images):
         groups = near_duplicate_groups(images, threshold)
         if path is not None:
@@ -325,18 +326,26 @@ def _exclude(files, base: Path, exclude_from):
     return kept, {"exclude_from": str(other_dir.resolve()), "excluded": len(files) - len(kept)}
 
 
-def _load_celeba(root, image_size, channels, cache_dir, split_seed, progress, random_split=False, dedup=None,
-                 exclude_from=None):
-    img_dir, part_file = find_celeba(root)
-    files = _list_images(img_dir)
+def _load_photos(folder: Path, kind: str, image_size, channels, cache_dir, progress, dedup, exclude_from):
+    """Decode a photo folder (cached), minus --exclude-from's names, and group its near-duplicates:
+    (images, names, skipped, key, groups, dedup report)."""
+    files = _list_images(folder)
     if not files:
-        raise UserError(f"{img_dir} holds no images (looked for {', '.join(sorted(IMG_EXTS))})")
-    files, excl = _exclude(files, img_dir, exclude_from)
-    images, names, skipped, key = _cached_decode(files, img_dir, image_size, channels, cache_dir, "celeba", progress)
+        raise UserError(f"{folder} holds no images (looked recursively for {', '.join(sorted(IMG_EXTS))})")
+    files, excl = _exclude(files, folder, exclude_from)
+    images, names, skipped, key = _cached_decode(files, folder, image_size, channels, cache_dir, kind, progress)
     _warn_skipped(skipped, len(files))
     groups, report = _groups(images, dedup, cache_dir, key)
     if excl:
         report.update(excl)
+    return images, names, skipped, key, groups, report
+
+
+def _load_celeba(root, image_size, channels, cache_dir, split_seed, progress, random_split=False, dedup=None,
+                 exclude_from=None):
+    img_dir, part_file = find_celeba(root)
+    images, names, skipped, key, groups, report = _load_photos(img_dir, "celeba", image_size, channels, cache_dir,
+                                                               progress, dedup, exclude_from)
     source = f"celeba:{img_dir}"
     if part_file is None or random_split:
         key = sha256_json([key, "groups", report])
@@ -358,28 +367,25 @@ def _load_celeba(root, image_size, channels, cache_dir, split_seed, progress, ra
 def _load_folder(folder, image_size, channels, cache_dir, split_seed, progress, dedup=None, exclude_from=None):
     if not folder.is_dir():
         raise UserError(f"image folder {folder} does not exist")
-    files = _list_images(folder)
-    if not files:
-        raise UserError(f"{folder} holds no images (looked recursively for {', '.join(sorted(IMG_EXTS))})")
-    files, excl = _exclude(files, folder, exclude_from)
-    images, names, skipped, key = _cached_decode(files, folder, image_size, channels, cache_dir, "folder", progress)
-    _warn_skipped(skipped, len(files))
-    groups, report = _groups(images, dedup, cache_dir, key)
-    if excl:
-        report.update(excl)
+    images, names, skipped, key, groups, report = _load_photos(folder, "folder", image_size, channels, cache_dir,
+                                                               progress, dedup, exclude_from)
     key = sha256_json([key, "groups", report])
     return ImageSet(images, names, seeded_split(len(names), split_seed, groups=groups), f"folder:{folder}", key,
                     skipped, groups, report)
 
 
-def _load_digits(image_size, channels, split_seed):
-    from sklearn.datasets import load_digits
-
-    raw = load_digits().images  # (1797, 8, 8), values 0..16
-    arrs = [transform_pil(Image.fromarray(np.round(im * 255 / 16).astype(np.uint8), "L"), image_size, channels)
-            for im in raw]
-    images = torch.from_numpy(np.stack(arrs))
+def _load_digits(image_size, channels, split_seed, cache_dir=None):
     key = sha256_json({"v": CACHE_VERSION, "source": "sklearn-digits", "image_size": image_size, "channels": channels})
+    cache = Path(cache_dir) / f"images-digits-{image_size}px-{channels}ch-{key[:16]}.pt" if cache_dir else None
+    images = _cached(cache)
+    if images is None:  # resizing the 1,797 digits takes a few seconds: once per size and channel count
+        from sklearn.datasets import load_digits
+
+        raw = load_digits().images  # (1797, 8, 8), values 0..16
+        raw = [Image.fromarray(np.round(im * 255 / 16).astype(np.uint8), "L") for im in raw]
+        images = torch.from_numpy(np.stack([transform_pil(im, image_size, channels) for im in raw]))
+        if cache is not None:
+            atomic_torch_save(images, cache)
     names = [f"digit-{i:04d}" for i in range(len(images))]
     return ImageSet(images, names, seeded_split(len(images), split_seed), "digits", key,
                     dedup={"threshold": None, "note": "digits: no exact duplicates; not grouped"})
@@ -397,7 +403,7 @@ def load_images(data: str = "digits", root=None, image_size: int = 32, channels:
     if data == "digits":
         if exclude_from:
             raise UserError("--exclude-from applies to celeba and folder sources, not digits")
-        return _load_digits(image_size, channels, split_seed)
+        return _load_digits(image_size, channels, split_seed, cache_dir)
     if data == "celeba":
         if root is None:
             raise UserError("--data celeba needs --data-root (the folder holding img_align_celeba/)")

@@ -91,3 +91,34 @@ def build_models(nz=100, ngf=64, ndf=64, channels=1, image_size=32):
     g.apply(init_weights)
     d.apply(init_weights)
     return g, d
+
+
+def model_config(args) -> dict:
+    """The architecture a checkpoint records (and --init-from must match)."""
+    return {k: getattr(args, k) for k in ("nz", "ngf", "ndf", "channels", "image_size")}
+
+
+def load_generator(path, device="cpu"):
+    """The released generator of generator.pt or ckpt.pt (its EMA if it kept one), in eval mode; (G, config)."""
+    from utils import UserError, safe_load
+
+    blob = safe_load(path, map_location="cpu")
+    if "G" not in blob or "config" not in blob:
+        raise UserError(f"{path} is not a generator checkpoint of this toolkit (no 'G'/'config')")
+    c = blob["config"]
+    G = Generator(c["nz"], c["ngf"], c["channels"], c["image_size"])
+    G.load_state_dict(blob.get("G_ema") or blob["G"])
+    return G.to(device).eval(), c
+
+
+def load_discriminator(path) -> Discriminator:
+    """The trained discriminator of a run's ckpt.pt (what the white-box attack reads)."""
+    from utils import UserError, safe_load
+
+    blob = safe_load(path)
+    if "D" not in blob or "config" not in blob:
+        raise UserError(f"{path} is not a training checkpoint of this toolkit (no 'D'/'config')")
+    c = blob["config"]
+    D = Discriminator(c["ndf"], c["channels"], c["image_size"])
+    D.load_state_dict(blob["D"])
+    return D

@@ -1,6 +1,8 @@
-"""Small shared helpers: user-facing errors, devices, seeding, atomic checkpoint IO."""
+"""Small shared helpers: the command-line parser and user-facing errors, devices and threads, seeded permutations,
+atomic file IO, hashing, multi-process helpers."""
 from __future__ import annotations
 
+import argparse
 import ctypes
 import hashlib
 import json
@@ -11,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -18,15 +21,40 @@ class UserError(Exception):
     """A problem with the user's input. ``main()`` prints it as one line and exits 2."""
 
 
-def run_cli(fn, argv=None):
-    """Call ``fn(argv)``; turn a UserError into a one-line message and exit code 2."""
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows every flag's default and keeps the description's line breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        flag = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+        if flag or action.default is None or "(default" in text or action.default is argparse.SUPPRESS:
+            return text  # no "(default: None)" / "(default: False)" noise; a help text that names its default
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the toolkit's conventions: defaults in --help, and a bad flag is one line on stderr (exit 2),
+    not the whole usage block."""
+
+    def __init__(self, *args, **kw):
+        kw.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kw)
+
+    def error(self, message):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def run_cli(fn, argv=None, interrupted="interrupted: the last checkpoint is intact; rerun with --resume to continue"):
+    """Call ``fn(argv)``; turn a UserError into a one-line message and exit code 2, Ctrl-C into ``interrupted``
+    and exit code 130."""
     try:
         return fn(argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        print("interrupted: the last checkpoint is intact; rerun with --resume to continue", file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         raise SystemExit(130) from None
 
 
@@ -46,6 +74,34 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+
+
+def resolved(path) -> str:
+    """The file or folder a path names: ~ expanded, relative to the current directory, symlinks followed."""
+    return str(Path(path).expanduser().resolve())
+
+
+def seeded_perm(n: int, seed) -> torch.Tensor:
+    """A permutation of range(n) that depends on the seed only (numpy's PCG64): the one source of every seeded
+    choice of images (subsets, coins' candidates, canaries, audit members, evaluation caps)."""
+    return torch.from_numpy(np.random.default_rng(seed).permutation(n))
+
+
+def seeded_subset(idx: torch.Tensor, n: int | None, seed) -> torch.Tensor:
+    """At most n of the indices ``idx``: a seeded random subset, sorted (all of them when n is None or large)."""
+    if n is None or len(idx) <= n:
+        return idx
+    return idx[seeded_perm(len(idx), seed)[:n]].sort().values
+
+
+def plt():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as pyplot
+
+    return pyplot
 
 
 # ----------------------------------------------------------------------------- CPU threads
@@ -97,6 +153,10 @@ class Threads:
         self.history = []  # (time, others' busy cores, threads) of each decision
 
     def _set(self, n: int) -> None:
+        if getattr(self, "n", None) != n:  # numpy's BLAS too (FID, KID): as many threads as torch, no more
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=n, user_api="blas")
         self.n = n
         if torch.get_num_threads() != n:
             torch.set_num_threads(n)
@@ -160,7 +220,7 @@ def init_distributed(device_arg: str = "auto"):
         # Imported after the group exists, torch._dynamo (which torchvision imports) keeps extra references to
         # it, so destroy_process_group() leaves gloo's threads running into interpreter shutdown, where their
         # teardown can abort the process ("terminate called without an active exception"; seen in CI).
-        import torch._dynamo  # noqa: F401
+        import torch._dynamo as _dynamo  # noqa: F401  (as a name of its own: `import torch.x` would make torch local)
 
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), device

@@ -9,6 +9,7 @@ from scipy.stats import beta, mannwhitneyu
 import audit
 import data
 import train_dcgan
+from training_set import TrainingData
 from conftest import tiny_args
 from models import Discriminator
 
@@ -224,7 +225,8 @@ def test_canaries_are_inserted_and_recorded(canary_run):
     cfg = json.loads((canary_run / "config.json").read_text())
     assert cfg["n_train"] == len(imgs.splits["train"]) + 8 and cfg["canaries"]["copies"] == 8
     args = train_dcgan.build_parser().parse_args(tiny_args(canary_run, "--canaries", "2", "--canary-repeats", "1,3"))
-    _, train_u8, _ = train_dcgan.load_training_data(args)
+    td = TrainingData(args)
+    train_u8 = td.imgs.images[td.index]
     for i, r in zip(plan["indices"], plan["repeats"]):  # each canary appears exactly R times in training
         assert int((train_u8 == imgs.images[i]).flatten(1).all(1).sum()) == r
 

@@ -6,6 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
+import privacy
+import runs
 import train_dcgan
 import train_dcgan_dp
 from conftest import tiny_args
@@ -18,7 +20,7 @@ def _privacy(**kw):
     a = dict(epsilon=None, noise_multiplier=0.0, delta=1e-5, max_grad_norm=0.05, clipping="flat", accountant="rdp",
              poisson=True, secure_rng=False, grad_sample_mode="hooks", max_physical_batch_size=None)
     a.update(kw)
-    return train_dcgan_dp.DPPrivacy(types.SimpleNamespace(**a))
+    return privacy.DPSGD(types.SimpleNamespace(**a))
 
 
 def _setup(n_pairs=5, **kw):
@@ -34,32 +36,20 @@ def _setup(n_pairs=5, **kw):
     return D, Dp, opt, pv, real, fake
 
 
-def _reference_clipped_sum(D, real, fake, C):
-    """Independent reference: per-PAIR gradients by plain autograd, each clipped to C, summed."""
-    params = list(D.parameters())
-    total, norms = None, []
-    for i in range(len(real)):
-        out_r, out_f = D(real[i:i + 1]), D(fake[i:i + 1])
-        loss = BCE(out_r, torch.ones(1)) + BCE(out_f, torch.zeros(1))
-        g = torch.autograd.grad(loss, params)
-        n = torch.sqrt(sum((x ** 2).sum() for x in g)).item()
-        norms.append(n)
-        f = min(1.0, C / (n + 1e-6))
-        total = [x * f for x in g] if total is None else [t + x * f for t, x in zip(total, g)]
-    return total, norms
+from test_ghost_clipping import reference_clipped_sum  # noqa: E402
 
 
 def _new_params(pv, Dp):
     return [p.detach().clone() for p in pv.unwrap(Dp).parameters()]
 
 
-@pytest.mark.parametrize("mode", train_dcgan_dp.GRAD_SAMPLE_MODES)
+@pytest.mark.parametrize("mode", privacy.GRAD_SAMPLE_MODES)
 def test_per_pair_clipping_matches_reference(mode):
     C = 0.05
     D, Dp, opt, pv, real, fake = _setup(max_grad_norm=C, grad_sample_mode=mode)
-    ref, norms = _reference_clipped_sum(copy.deepcopy(D), real, fake, C)
+    ref, norms = reference_clipped_sum(copy.deepcopy(D), real, fake, C)
     assert min(norms) > 10 * C  # clipping is active for every pair
-    pv.d_step(Dp, opt, real, fake, BCE)  # noise 0, SGD lr 0.1 on (clipped sum) / expected batch size 5
+    pv.d_step(Dp, opt, real, fake)  # noise 0, SGD lr 0.1 on (clipped sum) / expected batch size 5
     assert opt.expected_batch_size == 5
     clipped_sum = [(p0 - p1) / 0.1 * 5 for p0, p1 in zip(D.parameters(), _new_params(pv, Dp))]
     for g, r in zip(clipped_sum, ref):
@@ -68,89 +58,6 @@ def test_per_pair_clipping_matches_reference(mode):
     assert torch.sqrt(sum((g ** 2).sum() for g in clipped_sum)) <= 5 * C + 1e-5
     if mode == "ghost":  # the ghost norms themselves are the per-pair gradient norms
         assert torch.allclose(pv.clipper.last_norms, torch.tensor(norms, dtype=torch.float64), rtol=1e-10)
-
-
-def test_ghost_norms_on_rgb_64px_with_bias():
-    """Both paths (ghost norms over stride sub-grids, grouped-conv materialisation), several chunks, float64."""
-    torch.manual_seed(0)
-    nn = torch.nn  # 64 -> 32 -> 8 -> 4 -> 1; the third conv (kernel 3, stride 2: 4 sub-grid groups) is a ghost one
-    D = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.GroupNorm(2, 8), nn.LeakyReLU(0.2), nn.Conv2d(8, 32, 4, 4),
-                      nn.Conv2d(32, 128, 3, 2, 1), nn.GroupNorm(4, 128), nn.Conv2d(128, 1, 4), nn.Flatten(0)).double()
-    real, fake = torch.randn(7, 3, 64, 64).double(), torch.randn(7, 3, 64, 64).double()
-    clipper = train_dcgan_dp.PairGhostClipper(D, max_grad_norm=0.5, chunk_floats=1000)
-    clipper.step(D, real, fake)
-    ref, norms = _reference_clipped_sum(copy.deepcopy(D), real, fake, 0.5)
-    assert torch.allclose(clipper.last_norms, torch.tensor(norms, dtype=torch.float64), rtol=1e-10)
-    assert min(norms) > 0.5 and all(torch.allclose(p.grad, r, atol=1e-12) for p, r in zip(D.parameters(), ref))
-
-
-def test_ghost_norms_on_odd_sizes_strides_and_kernels(monkeypatch):
-    """Sub-grid edge cases, each through the ghost path: an input size that the stride does not divide, no
-    padding, stride 3 with padding 2 (taps at negative sub-grid shifts), and a kernel smaller than its stride
-    (sub-grids that no tap reads). Float64, against per-pair autograd."""
-    torch.manual_seed(1)
-    nn = torch.nn
-    D = nn.Sequential(nn.Conv2d(2, 4, 3, 2, 0), nn.Conv2d(4, 6, 5, 3, 2), nn.GroupNorm(2, 6), nn.LeakyReLU(0.2),
-                      nn.Conv2d(6, 8, 1, 2, bias=False), nn.Conv2d(8, 1, 2), nn.Flatten(0)).double()
-    real, fake = torch.randn(4, 2, 23, 23).double(), torch.randn(4, 2, 23, 23).double()  # 23 -> 11 -> 4 -> 2 -> 1
-    clipper = train_dcgan_dp.PairGhostClipper(D, max_grad_norm=0.5, chunk_floats=3000)
-    ghost = []
-    original = clipper._ghost_sq_norms
-    monkeypatch.setattr(clipper, "_ghost_is_cheaper", lambda *costs: True)  # small layers would be materialised
-    monkeypatch.setattr(clipper, "_ghost_sq_norms", lambda m, *a: ghost.append(m) or original(m, *a))
-    clipper.step(D, real, fake)
-    assert ghost == [D[0], D[1], D[4], D[5]]
-    ref, norms = _reference_clipped_sum(copy.deepcopy(D), real, fake, 0.5)
-    assert torch.allclose(clipper.last_norms, torch.tensor(norms, dtype=torch.float64), rtol=1e-10)
-    assert min(norms) > 0.5 and all(torch.allclose(p.grad, r, atol=1e-12) for p, r in zip(D.parameters(), ref))
-
-
-def test_per_layer_clipping_matches_reference_and_keeps_sensitivity_c():
-    """--clipping per-layer: each block (a conv and the GroupNorm after it) of each pair's gradient clipped to
-    C / sqrt(L) by an independent per-pair autograd reference; every pair's clipped gradient has norm <= C."""
-    torch.manual_seed(0)
-    _, D = build_models(ndf=8)
-    D = D.double()
-    real, fake = torch.rand(5, 1, 32, 32, dtype=torch.float64) * 2 - 1, torch.randn(5, 1, 32, 32, dtype=torch.float64)
-    C = 0.05
-    clipper = train_dcgan_dp.PairGhostClipper(D, max_grad_norm=C, clipping="per-layer")
-    blocks = [[D.main[0]], [D.main[2], D.main[3]], [D.main[5], D.main[6]], [D.main[8]]]  # conv, (conv, GN) ...
-    assert clipper.n_blocks == len(blocks) == 4
-    ref = {}
-    for i in range(5):
-        out_r, out_f = D(real[i:i + 1]), D(fake[i:i + 1])
-        loss = BCE(out_r, torch.ones(1)) + BCE(out_f, torch.zeros(1))
-        pair = []
-        for block in blocks:
-            params = [p for m in block for p in m.parameters()]
-            g = torch.autograd.grad(loss, params, retain_graph=True)
-            norm = torch.sqrt(sum((x ** 2).sum() for x in g))
-            assert norm > C / 2  # every block is clipped
-            pair += [(p, x * min(1.0, C / 2 / (norm.item() + 1e-6))) for p, x in zip(params, g)]
-        assert torch.sqrt(sum((x ** 2).sum() for _, x in pair)) <= C + 1e-9  # the sensitivity stays C
-        for p, x in pair:
-            ref[p] = ref.get(p, 0) + x
-    clipper.step(D, real, fake)
-    assert all(torch.allclose(p.grad, ref[p], atol=1e-12) for p in D.parameters())
-    # flat clipping of the same pairs gives a different sum (the test can tell the two apart)
-    flat = train_dcgan_dp.PairGhostClipper(D, max_grad_norm=C)
-    flat.step(D, real, fake)
-    assert not torch.allclose(D.main[5].weight.grad, ref[D.main[5].weight], atol=1e-6)
-    with pytest.raises(train_dcgan_dp.UserError, match="--clipping per-layer needs --grad-sample-mode ghost"):
-        _privacy(clipping="per-layer").check_args(types.SimpleNamespace(
-            epsilon=8.0, noise_multiplier=None, delta=1e-5, max_grad_norm=1.0, max_physical_batch_size=None,
-            clipping="per-layer", grad_sample_mode="hooks"))
-
-
-def test_ghost_rejects_unsupported_layers_and_inplace_outputs():
-    nn = torch.nn
-    with pytest.raises(train_dcgan_dp.UserError, match="supports Conv2d .* not 1 .Linear.; use --grad-sample-mode hooks"):
-        train_dcgan_dp.PairGhostClipper(nn.Sequential(nn.Flatten(), nn.Linear(1024, 1)), 1.0)
-    # an in-place activation would overwrite the conv output whose gradient the norms need
-    D = nn.Sequential(nn.Conv2d(1, 4, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(4, 1, 16), nn.Flatten(0))
-    x = torch.randn(2, 1, 32, 32)
-    with pytest.raises(train_dcgan_dp.UserError, match="modified in place"):
-        train_dcgan_dp.PairGhostClipper(D, 1.0).step(D, x, x)
 
 
 def test_two_backward_passes_would_break_the_unit():
@@ -169,7 +76,7 @@ def test_physical_batches_equal_logical_batch(mode):
     for chunk in (None, 4):  # one chunk of 6 pairs, or chunks of 4 + 2 pairs: ONE noisy step either way
         D, Dp, opt, pv, real, fake = _setup(n_pairs=6, max_grad_norm=0.05, grad_sample_mode=mode,
                                             max_physical_batch_size=chunk)
-        pv.d_step(Dp, opt, real, fake, BCE)
+        pv.d_step(Dp, opt, real, fake)
         after.append(_new_params(pv, Dp))
         assert pv.engine.accountant.history == [(0.0, 0.1, 1)]
     assert not torch.allclose(after[0][0], D.main[0].weight)
@@ -224,7 +131,7 @@ def test_reported_epsilon_matches_independent_accountant(tmp_path, accountant, r
     pytest.importorskip("dp_accounting")
     args = train_dcgan_dp.parse_args(tiny_args(tmp_path, "--max-steps", "6", "--noise-multiplier", "1.1",
                                                "--accountant", accountant, "--delta", "1e-5"))
-    res = train_dcgan.train(args, train_dcgan_dp.DPPrivacy(args))
+    res = train_dcgan.train(args, privacy.DPSGD(args))
     assert res["dp_steps"] == 6 and res["noise_multiplier"] == 1.1
     ref = _dp_accounting_eps(1.1, res["sample_rate"], 6, 1e-5, accountant)
     assert res["epsilon"] == pytest.approx(ref, rel=rtol)
@@ -234,26 +141,28 @@ def test_reported_epsilon_matches_independent_accountant(tmp_path, accountant, r
 
 
 def test_live_epsilon_is_evaluated_every_few_steps_and_exact_at_the_end(tmp_path, monkeypatch):
-    """The loop does not evaluate the accountant at every epoch end (tiny epochs made ε evaluation most of a small-N
-    DP run): every logged ε lags by fewer than REFRESH_STEPS D steps, and the last one is exact."""
+    """The loop does not evaluate the accountant at every step or epoch end (one PRV evaluation costs as much as
+    dozens of small D steps): the logged ε is the exact ε at the last multiple of refresh_every D steps (a function
+    of the step, so a resumed run logs the same), and exact at the last step."""
     calls = []
-    real = train_dcgan_dp._accountant_epsilon
-    monkeypatch.setattr(train_dcgan_dp, "_accountant_epsilon", lambda *a: calls.append(1) or real(*a))
+    real = privacy._accountant_epsilon
+    privacy.epsilon_of.cache_clear()
+    monkeypatch.setattr(privacy, "_accountant_epsilon", lambda *a: calls.append(1) or real(*a))
     # --train-size 40 with batch 32: 2 D steps per epoch
     args = train_dcgan_dp.parse_args(tiny_args(tmp_path, "--train-size", "40", "--epochs", "24",
                                                "--noise-multiplier", "1.1", "--ema-decay", "0", "--accountant", "rdp"))
-    res = train_dcgan.train(args, train_dcgan_dp.DPPrivacy(args))
-    assert res["dp_steps"] == 48
+    pv = privacy.DPSGD(args)
+    res = train_dcgan.train(args, pv)
+    assert res["dp_steps"] == 48 and pv.refresh_every == 20
     log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     steps = [r for r in log if r["kind"] == "step"]
-    # in the loop: steps 1, 21, 41 and the last; outside it, 4 (σ check, summary, both accountants in results.json)
-    assert len(calls) == 4 + 4  # once per epoch would be 24 + 4
-    priv = train_dcgan_dp.DPPrivacy(args)
-    priv.noise_multiplier, priv.sample_rate = res["noise_multiplier"], res["sample_rate"]
-    exact = {t: priv.epsilon_after(t) for t in range(1, 49)}
-    for r in steps:  # the logged value is the exact ε of the run at most REFRESH_STEPS - 1 D steps earlier
-        assert any(r["epsilon"] == pytest.approx(exact[t], rel=1e-9)
-                   for t in range(max(1, r["step"] - train_dcgan_dp.DPPrivacy.REFRESH_STEPS + 1), r["step"] + 1)), r
+    # evaluated at steps 20, 40 and 48 (the last; also the results' ε), 0 costs nothing; and once more for
+    # results.json's ε under the other accountant (PRV): 4 in all, where once per epoch would be 24
+    assert len(calls) == 4
+    exact = {t: pv.epsilon_at(t) for t in range(0, 49)}
+    for r in steps:
+        want = exact[48] if r["step"] == 48 else exact[r["step"] - r["step"] % 20]
+        assert r["epsilon"] == want, r
     assert log[-1]["epsilon"] == steps[-1]["epsilon"] == pytest.approx(res["epsilon"], rel=1e-12)
 
 
@@ -263,7 +172,7 @@ def test_epsilon_counts_d_steps_only(tmp_path):
     pytest.importorskip("dp_accounting")
     args = train_dcgan_dp.parse_args(tiny_args(tmp_path, "--max-steps", "10", "--noise-multiplier", "1.1",
                                                "--d-steps", "5", "--accountant", "prv", "--delta", "1e-5"))
-    res = train_dcgan.train(args, train_dcgan_dp.DPPrivacy(args))
+    res = train_dcgan.train(args, privacy.DPSGD(args))
     assert res["dp_steps"] == 10 and res["g_steps"] == 2
     assert res["epsilon"] == pytest.approx(_dp_accounting_eps(1.1, res["sample_rate"], 10, 1e-5, "prv"), rel=0.02)
 
@@ -279,7 +188,7 @@ def test_target_epsilon_is_met():
 def _dp_run(path, *extra):
     argv = tiny_args(path, "--noise-multiplier", "1.0", *extra)
     args = train_dcgan_dp.parse_args(argv)
-    return train_dcgan.train(args, train_dcgan_dp.DPPrivacy(args))
+    return train_dcgan.train(args, privacy.DPSGD(args))
 
 
 def test_resume_keeps_the_ledger_and_weights(tmp_path):
@@ -291,6 +200,14 @@ def test_resume_keeps_the_ledger_and_weights(tmp_path):
     b = torch.load(tmp_path / "split" / "ckpt.pt", weights_only=True)
     assert all(torch.equal(a["D"][k], b["D"][k]) for k in a["D"])
     assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"])
+    # the resumed invocation logs what the uninterrupted run did, ε included (the live ε is a function of the
+    # step); the first invocation's last step (2) logged its exact ε, as every run's last step does
+    steps = lambda run: [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())  # noqa: E731
+                         if r["kind"] == "step"]
+    full_log, split_log = steps(tmp_path / "full"), steps(tmp_path / "split")
+    assert full_log[2:] == split_log[2:] and full_log[1]["epsilon"] == 0.0 < split_log[1]["epsilon"]
+    assert [{k: v for k, v in r.items() if k != "epsilon"} for r in full_log] == \
+        [{k: v for k, v in r.items() if k != "epsilon"} for r in split_log]
     again = _dp_run(tmp_path / "again", "--max-steps", "4")  # same seed -> same epsilon and weights
     c = torch.load(tmp_path / "again" / "ckpt.pt", weights_only=True)
     assert again["epsilon"] == full["epsilon"] and all(torch.equal(a["D"][k], c["D"][k]) for k in a["D"])
@@ -373,7 +290,7 @@ def test_warm_start_from_the_same_source_needs_a_disjoint_skip_subset(tmp_path, 
     (2N coin candidates) lies within the M skipped images, else epsilon would not cover the pretraining."""
     src = tmp_path / "public"
     train_dcgan.train(train_dcgan.build_parser().parse_args(tiny_args(src, "--max-steps", "1", "--skip-subset", "200")))
-    pretrained = set(train_dcgan.run_training_data(src).index.tolist())
+    pretrained = set(runs.run_training_data(src).index.tolist())
     _dp_run(tmp_path / "ok", "--max-steps", "1", "--train-size", "100", "--coin-subset", "--init-from", str(src))
     cand = set(json.loads((tmp_path / "ok" / "coins.json").read_text())["indices"])
     assert len(cand) == 200 and len(pretrained) == 1437 - 200 and not cand & pretrained
@@ -398,3 +315,19 @@ def test_warm_start_from_the_same_source_needs_a_disjoint_skip_subset(tmp_path, 
         with pytest.raises(SystemExit) as e:
             train_dcgan.main(tiny_args(tmp_path / "bad2", "--max-steps", "1", *bad))
         assert e.value.code == 2 and "--skip-subset takes 0 < M <= 1435" in capsys.readouterr().err
+
+
+def test_ghost_mode_errors_name_the_flag_to_use():
+    """The clipper raises ValueError (it knows no CLI); the DP strategy turns it into a one-line UserError that names
+    the flag to use instead."""
+    from utils import UserError
+
+    with pytest.raises(UserError, match="--clipping per-layer needs --grad-sample-mode ghost"):
+        _privacy(clipping="per-layer").check_args(types.SimpleNamespace(
+            epsilon=8.0, noise_multiplier=None, delta=1e-5, max_grad_norm=1.0, max_physical_batch_size=None,
+            clipping="per-layer", grad_sample_mode="hooks"))
+    nn = torch.nn
+    D = nn.Sequential(nn.Conv2d(1, 4, 4, 2, 1), nn.Flatten(), nn.Linear(1024, 1), nn.Flatten(0))
+    with pytest.raises(UserError, match=r"supports Conv2d .* not 2 \(Linear\); use --grad-sample-mode hooks"):
+        _privacy(grad_sample_mode="ghost").make_private(D, torch.optim.SGD(D.parameters(), lr=0.1), n_train=50,
+                                                        batch_size=5, steps_per_epoch=10, total_steps=10)

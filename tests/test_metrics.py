@@ -164,12 +164,13 @@ def _celeba_32px_folders(celeba_root, tmp_path, n):
     """Two folders of n 32px gray CelebA images: (a) the seeded train subset evaluate_mifid --max-real n
     uses, (b) test images."""
     import data
-    from evaluate_mifid import subset
     from PIL import Image
+
+    from utils import seeded_subset
 
     s = data.load_images("celeba", celeba_root, image_size=32, channels=1, cache_dir=tmp_path / "c")
     dirs = []
-    for name, idx in (("a", subset(s.splits["train"], n, 0)), ("b", s.splits["test"][:n])):
+    for name, idx in (("a", seeded_subset(s.splits["train"], n, 0)), ("b", s.splits["test"][:n])):
         d = tmp_path / name
         d.mkdir()
         for j, i in enumerate(idx.tolist()):
@@ -229,12 +230,13 @@ def test_evaluate_defaults_to_the_runs_own_training_set(tmp_path, inception_weig
     import json
 
     import evaluate_mifid
+    import runs
     import train_dcgan
     from conftest import tiny_args
 
     run = tmp_path / "run"
     train_dcgan.main(tiny_args(run, "--max-steps", "2", "--train-size", "12", "--coin-subset"))
-    td = train_dcgan.run_training_data(run)
+    td = runs.run_training_data(run)
     evaluate_mifid.main(["--gen", str(run), "--inception-weights", str(inception_weights), "--cache-dir", "",
                          "--kid-subset-size", "8", "--max-real", "30", "--out", str(tmp_path / "eval")])
     r = json.loads((tmp_path / "eval" / "eval.json").read_text())
@@ -243,3 +245,28 @@ def test_evaluate_defaults_to_the_runs_own_training_set(tmp_path, inception_weig
     with pytest.raises(SystemExit) as e:  # a plain image file set has no training set to default to
         evaluate_mifid.main(["--gen", str(run / "samples.npz"), "--inception-weights", str(inception_weights)])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize("n1,n2", [(40, 300), (300, 40), (30, 30), (300, 300)])
+def test_fid_through_the_smaller_set_equals_the_covariance_formula(n1, n2):
+    """fid() takes the n x n route when a set has fewer rows than dimensions (the study's 1,000 samples of 2048-d
+    features); it must equal frechet_distance on the two covariances and pytorch-fid's sqrtm formula. (Those carry
+    about 1e-8 relative error of their own where a covariance is singular: square roots of round-off eigenvalues.)"""
+    f1, f2 = _feats(n1, 64, 3), _feats(n2, 64, 4, shift=0.2) * 1.5
+    (mu1, s1), (mu2, s2) = metrics.feature_stats(f1), metrics.feature_stats(f2)
+    sqrtm = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(scipy.linalg.sqrtm(s1 @ s2).real)
+    assert metrics.fid(f1, f2) == pytest.approx(metrics.frechet_distance(mu1, s1, mu2, s2), rel=1e-7)
+    assert metrics.fid(f1, f2) == pytest.approx(sqrtm, rel=1e-7)
+
+
+def test_kid_over_overlapping_subsets_matches_per_subset_products():
+    """KID reads each subset's block of the full kernel matrices: the same as forming every subset's products."""
+    x, y = _feats(50, 8, 11), _feats(40, 8, 12, shift=0.3)
+    rng = np.random.default_rng(5)
+    vals = []
+    for _ in range(7):
+        a, b = x[rng.choice(50, 20, replace=False)], y[rng.choice(40, 20, replace=False)]
+        kxx, kyy, kxy = ((u @ v.T / 8 + 1) ** 3 for u, v in ((a, a), (b, b), (a, b)))
+        vals.append((kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (20 * 19) - 2 * kxy.mean())
+    mean, std = metrics.kid(x, y, subsets=7, subset_size=20, seed=5)
+    assert mean == pytest.approx(np.mean(vals), rel=1e-10) and std == pytest.approx(np.std(vals), rel=1e-8)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+import report
 import reproduce
 
 
@@ -18,7 +19,7 @@ def _argv(out, weights):
 
 def test_quick_pipeline_end_to_end_idempotent_and_resumable(tmp_path, inception_weights, capsys, monkeypatch):
     out = tmp_path / "study"
-    res = reproduce.main(_argv(out, inception_weights))
+    res = reproduce.main(_argv(out, inception_weights) + ["--jobs", "2"])
     for f in ("results.md", "results.json", "memorization_vs_n.png", "fid_vs_epsilon.png", "memorization_hist.png",
               "samples.png", "nn_galleries.png", "copy_galleries.png", "roc.png", "one_run.png", "exposure.png"):
         assert (out / f).stat().st_size > 0, f
@@ -47,15 +48,29 @@ def test_quick_pipeline_end_to_end_idempotent_and_resumable(tmp_path, inception_
     assert "| 40 | n40-dp-eps8 |" in md and "real data (held-out, N = 40)" in md and "2460" in md and "reversed" in md
     saved = json.loads((out / "results.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(res["rows"]))
+    times = saved["stage_times"]  # the compute breakdown by stage kind, and the images Inception saw
+    assert set(times["by_kind_s"]) >= {"public pretraining", "training", "evaluation", "audit"}
+    assert times["total_s"] > 0 and times["inception"]["images"] > 0
+    # compute nothing twice: the pretraining's samples are featurised once (its second evaluation reads the cache),
+    # and every N's real images once (the first evaluation at that N computes them, the others wait for it)
+    pre = [json.loads((out / "reference" / f"n{n}" / "public-pretraining" / "eval.json").read_text())["features"]
+           for n in (40, 80)]
+    assert sorted(f["images_computed"] for f in pre)[0] == 0
+    for n in (40, 80):
+        computed = [json.loads((out / "runs" / f"n{n}-{m}" / "eval" / "eval.json").read_text())["features"]
+                    ["images_computed"] for m in ("non-private", "dp-eps8", "non-private-warm", "dp-eps8-warm")]
+        assert computed[0] > computed[1] == computed[2] == computed[3] == 32  # only the samples after the first
+    log = capsys.readouterr()
+    assert "batch/s" not in log.err and "it/s" not in log.err  # --no-progress reaches every stage
+    assert "[n40-dp-eps8] training: running" in log.out and (out / "logs" / "n40-dp-eps8-training.log").is_file()
 
-    assert "batch/s" not in capsys.readouterr().err  # --no-progress reaches the evaluation stages too
     # everything finished: all stages reused (progress bars do not change what a stage computes), also with the
     # study folder and the weights given as relative paths (the stages recorded them absolute)
     monkeypatch.chdir(tmp_path)
     rel = _argv(Path("study"), os.path.relpath(inception_weights, tmp_path))
-    again = reproduce.main([a for a in rel if a != "--no-progress"])
+    again = reproduce.main([a for a in rel if a != "--no-progress"] + ["--jobs", "1"])
     log = capsys.readouterr().out
-    assert log.count("reused") == 29 and "running" not in log and "] training ->" not in log
+    assert log.count("reused") == 29 and "running" not in log
     assert again["rows"] == res["rows"]
 
     # an interrupted DP run (checkpoint, no final artefacts) resumes; only its later stages are redone. --only
@@ -66,12 +81,52 @@ def test_quick_pipeline_end_to_end_idempotent_and_resumable(tmp_path, inception_
     (out / "results.md").unlink()
     assert reproduce.main(_argv(out, inception_weights) + ["--only", "n40-dp-eps8"]) == {"only": ["n40-dp-eps8"]}
     log = capsys.readouterr().out
-    assert "[n40-dp-eps8] resuming" in log and "[n40-dp-eps8] evaluation: running" in log
+    assert "[n40-dp-eps8] training: running" in log and "[n40-dp-eps8] evaluation: running" in log
+    assert "resumed from" in (out / "logs" / "n40-dp-eps8-training.log").read_text()
     assert "[n40-non-private]" not in log and "[n80" not in log and not (out / "results.md").exists()
     third = reproduce.main(_argv(out, inception_weights))
     log = capsys.readouterr().out
     assert log.count("reused") == 29 and "running" not in log and (out / "results.md").is_file()
     assert {r["model"]: r["epsilon"] for r in third["rows"]} == {r["model"]: r["epsilon"] for r in res["rows"]}
+
+
+def _small(out, weights, jobs):
+    """One size, no warm rows (2 models, 7 stages), trained long enough to checkpoint half way (D step 50 of 100)."""
+    return ["--quick", "--train-sizes", "40", "--budget", "4000", "--epsilons", "8", "--no-warm", "--extra-seeds", "",
+            "--num-samples", "32", "--max-real", "40", "--canaries", "2", "--inception-weights", str(weights),
+            "--no-progress", "--threads", "1", "--jobs", str(jobs),
+            "--cache-dir", str(out.parent / f"cache-{out.name}"), "--out", str(out)]
+
+
+def test_parallel_study_interrupted_by_ctrl_c_resumes_to_the_sequential_results(tmp_path, inception_weights):
+    """--jobs 2 computes what --jobs 1 does (same --threads), also when Ctrl-C stops it in the middle of a training
+    run and the same command is run again: finished stages are reused and the training resumes from its
+    checkpoint. (Each run has its own feature cache: nothing is shared between the two.)"""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    seq = reproduce.main(_small(tmp_path / "seq", inception_weights, 1))
+    repo = Path(reproduce.__file__).resolve().parent
+    par = tmp_path / "par"
+    p = subprocess.Popen([sys.executable, str(repo / "reproduce.py"), *_small(par, inception_weights, 2)],
+                         cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    deadline = time.time() + 300
+    while not list(par.glob("runs/*/ckpt.pt")) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert not (par / "results.json").exists() and not all((par / "runs" / m / "results.json").exists()
+                                                          for m in ("n40-non-private", "n40-dp-eps8"))
+    resumed = reproduce.main(_small(par, inception_weights, 2))
+    logs = "".join(f.read_text() for f in (par / "logs").glob("*training.log"))
+    assert "resumed from" in logs  # the cut training run continued from its checkpoint
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
+    assert strip(resumed["rows"]) == strip(seq["rows"]) and len(seq["rows"]) == 2
+    assert strip(resumed["reference_rows"]) == strip(seq["reference_rows"])
 
 
 def test_bad_settings_are_one_line_errors(tmp_path, capsys, monkeypatch):
@@ -98,6 +153,9 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as e:
         reproduce.main(["--levers", "--data-root", str(tmp_path), "--only", "x", "--out", str(tmp_path)])
     assert e.value.code == 2 and "--rows" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(["--quick", "--jobs", "0", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "--jobs must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:  # 2 x 718 coin candidates leave 1 of the 1,437 train digits to pretrain on
         reproduce.main(["--quick", "--train-sizes", "100,718", "--out", str(tmp_path)])
     assert e.value.code == 2 and "leave no digits for the public pretraining" in capsys.readouterr().err
@@ -155,7 +213,7 @@ def test_sample_panels_keep_one_row_per_size_with_blanks(tmp_path):
 
     path = tmp_path / "p.png"
     panel = torch.full((4, 1, 8, 8), 128, dtype=torch.uint8)
-    reproduce.plot_image_panels({"a": panel, "blank": None, "c": panel, "d": panel}, path, "t", ncols=2)
+    report.plot_image_panels({"a": panel, "blank": None, "c": panel, "d": panel}, path, "t", ncols=2)
     img = matplotlib.image.imread(str(path))[..., :3]
     h, w = img.shape[:2]
 

@@ -4,8 +4,13 @@ import json
 import pytest
 import torch
 
+import gan
+import privacy
+import runs
 import train_dcgan
 from conftest import tiny_args
+from models import load_generator
+from training_set import TrainingData
 
 
 def _run(tmp_path, *extra):
@@ -27,7 +32,7 @@ def test_two_steps_write_every_artefact(tmp_path):
     assert cfg["args"]["batch_size"] == 32 and "torch" in cfg["versions"] and cfg["device"] == "cpu"
     steps = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in steps if r["kind"] == "step"] == [1, 2]
-    G, cfg = train_dcgan.load_generator(tmp_path / "generator.pt")
+    G, cfg = load_generator(tmp_path / "generator.pt")
     import data
 
     s = data.load_npz(tmp_path / "samples.npz")
@@ -53,23 +58,23 @@ def test_short_epochs_checkpoint_every_few_dozen_steps_and_resume_exactly(tmp_pa
     and a run interrupted between two of them resumes from the last one to the same weights and log."""
     extra = ("--train-size", "40", "--epochs", "60", "--ema-decay", "0.99")  # 2 D steps per epoch, 120 in all
     saves = []
-    real_save = train_dcgan.atomic_torch_save
-    monkeypatch.setattr(train_dcgan, "atomic_torch_save", lambda obj, path: (saves.append(obj.get("step")),
+    real_save = runs.atomic_torch_save
+    monkeypatch.setattr(runs, "atomic_torch_save", lambda obj, path: (saves.append(obj.get("step")),
                                                                             real_save(obj, path)))
     _run(tmp_path / "full", *extra)
     assert saves == [50, 100, 120, None]  # three checkpoints (not 60), then generator.pt
 
-    real_grid = train_dcgan.save_grid
+    real_grid = runs.save_grid
 
-    def crash_at_epoch_40(G, z, path):
-        if path.name == "epoch_040.png":
+    def crash_at_epoch_42(G, z, path):
+        if path.name == "epoch_042.png":  # a grid every 3 epochs (60 / 25); D step 84
             raise KeyboardInterrupt
         real_grid(G, z, path)
-    monkeypatch.setattr(train_dcgan, "save_grid", crash_at_epoch_40)
+    monkeypatch.setattr(runs, "save_grid", crash_at_epoch_42)
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path / "split", *extra)
-    assert torch.load(tmp_path / "split" / "ckpt.pt", weights_only=True)["step"] == 50  # 30 steps are lost
-    monkeypatch.setattr(train_dcgan, "save_grid", real_grid)
+    assert torch.load(tmp_path / "split" / "ckpt.pt", weights_only=True)["step"] == 50  # 34 steps are lost
+    monkeypatch.setattr(runs, "save_grid", real_grid)
     _run(tmp_path / "split", *extra, "--resume")
     (a, wa), (b, wb) = _weights(tmp_path / "full"), _weights(tmp_path / "split")
     assert a["step"] == b["step"] == 120 and all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -162,7 +167,7 @@ def test_checkpoint_loading_is_safe(tmp_path):
     from utils import UserError
 
     with pytest.raises(UserError, match="cannot load"):
-        train_dcgan.load_generator(bad)
+        load_generator(bad)
 
 
 def test_celeba_one_epoch(tmp_path):
@@ -196,7 +201,7 @@ def test_k_d_steps_per_g_step_and_exact_resume_with_ema(tmp_path):
     assert [r.get("g_step") for r in _log(tmp_path / "full") if r["kind"] == "step"] == \
         [None, None, 1, None, None, 2, None, None]
     # the released generator is the EMA
-    G, _ = train_dcgan.load_generator(tmp_path / "full" / "generator.pt")
+    G, _ = load_generator(tmp_path / "full" / "generator.pt")
     assert all(torch.equal(G.state_dict()[k], a["G_ema"][k]) for k in a["G_ema"])
 
 
@@ -210,14 +215,14 @@ def test_ema_equals_a_hand_computation(warmup):
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn_like(p))
-        train_dcgan.ema_update(ema, model, 0.9, t, warmup)
+        gan.ema_update(ema, model, 0.9, t, warmup)
         b = min(0.9, (1 + t) / (warmup + t))  # warm-up, then the decay
         want = [b * w + (1 - b) * p.detach() for w, p in zip(want, model.parameters())]
     assert all(torch.allclose(e, w, atol=1e-6) for e, w in zip(ema.parameters(), want))
 
 
 def test_adaptive_schedule_climbs_the_ladder_by_hand():
-    s = train_dcgan.DStepSchedule(k=1, adaptive=0.6, grace=3, beta=0.5)
+    s = gan.DStepSchedule(k=1, adaptive=0.6, grace=3, beta=0.5)
     ks = []
     for acc in [0.9, 0.9, 0.9, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2]:  # one G step each
         while not s.d_step_done():
@@ -226,7 +231,7 @@ def test_adaptive_schedule_climbs_the_ladder_by_hand():
         ks.append(s.k)
     # EMA after G steps 4..: 0.55, 0.375, ... <= 0.6; the first change waits for 3 G steps at K = 1
     assert ks == [1, 1, 1, 2, 2, 2, 5, 5, 5, 10]
-    fixed, due = train_dcgan.DStepSchedule(k=4), []
+    fixed, due = gan.DStepSchedule(k=4), []
     for _ in range(9):
         due.append(fixed.d_step_done())
         if due[-1]:
@@ -239,11 +244,11 @@ def test_adaptive_schedule_never_reads_real_data(tmp_path, monkeypatch):
     held-out images) must not change K or the weights; the schedule must also move, or the test proves nothing."""
     extra = ("--max-steps", "60", "--adaptive-d-steps", "0.9", "--adaptive-grace", "3")
     _run(tmp_path / "clean", *extra)
-    orig_step, orig_data = train_dcgan.NonPrivate.d_step, train_dcgan.TrainingData.__init__
+    orig_step, orig_data = privacy.NonPrivate.d_step, TrainingData.__init__
     noise = torch.Generator().manual_seed(1)  # the wiping must not consume the training run's RNG
 
-    def d_step(self, D, optD, real, fake, bce):
-        out = orig_step(self, D, optD, real, fake, bce)
+    def d_step(self, D, optD, real, fake):
+        out = orig_step(self, D, optD, real, fake)
         # a later read of this batch (e.g. to measure D's accuracy) would see noise
         real.copy_(torch.rand(real.shape, generator=noise) * 2 - 1)
         return out
@@ -254,8 +259,8 @@ def test_adaptive_schedule_never_reads_real_data(tmp_path, monkeypatch):
         self.imgs.images[held] = torch.randint(0, 256, self.imgs.images[held].shape, generator=noise,
                                                dtype=torch.uint8)
 
-    monkeypatch.setattr(train_dcgan.NonPrivate, "d_step", d_step)
-    monkeypatch.setattr(train_dcgan.TrainingData, "__init__", data_init)
+    monkeypatch.setattr(privacy.NonPrivate, "d_step", d_step)
+    monkeypatch.setattr(TrainingData, "__init__", data_init)
     _run(tmp_path / "wiped", *extra)
     k = lambda run: [r["k"] for r in _log(run) if r["kind"] == "step"]  # noqa: E731
     assert k(tmp_path / "clean") == k(tmp_path / "wiped") and len(set(k(tmp_path / "clean"))) > 1
@@ -300,8 +305,7 @@ def test_mode_seeking_generator_loss_by_hand(lam):
     ref = copy.deepcopy(G)
     bce = torch.nn.BCEWithLogitsLoss()
     torch.manual_seed(1)
-    train_dcgan.g_step(G, D, torch.optim.SGD(G.parameters(), lr=0.1), train_dcgan.NonPrivate(None), 16, 8, "cpu", bce,
-                       lam)
+    gan.g_step(G, D, torch.optim.SGD(G.parameters(), lr=0.1), privacy.NonPrivate(), 16, 8, "cpu", lam)
     assert all(p.grad is None for p in D.parameters())  # D is frozen in the G step
     torch.manual_seed(1)
     z = torch.randn(16, 8)
@@ -330,8 +334,8 @@ def test_augment_by_hand():
     1/2; gradients flow back to the pixels used; '' is the identity."""
     torch.manual_seed(0)
     x = torch.randn(64, 1, 32, 32, requires_grad=True)
-    assert train_dcgan.augment(x, "") is x
-    y = train_dcgan.augment(x, "translation,flip")
+    assert gan.augment(x, "") is x
+    y = gan.augment(x, "translation,flip")
     shifts, flips = set(), 0
     for i in range(len(x)):
         hits = [(dy, dx, f) for f in (False, True) for dy in range(-4, 5) for dx in range(-4, 5)
@@ -349,7 +353,7 @@ def test_cutout_by_hand():
     its centre drawn over the whole image, and leaves every other pixel as it was."""
     torch.manual_seed(0)
     x = torch.rand(200, 1, 32, 32) + 1  # no zeros of its own
-    y = train_dcgan.augment(x, "cutout")
+    y = gan.augment(x, "cutout")
     sizes, corners = set(), set()
     for i in range(len(x)):
         zero = y[i, 0] == 0
@@ -366,8 +370,8 @@ def test_cutout_by_hand():
 
 def test_augment_changes_training_and_is_what_d_sees(tmp_path, monkeypatch):
     seen = []
-    orig = train_dcgan.augment
-    monkeypatch.setattr(train_dcgan, "augment", lambda x, ops: seen.append(ops) or orig(x, ops))
+    orig = gan.augment
+    monkeypatch.setattr(gan, "augment", lambda x, ops: seen.append(ops) or orig(x, ops))
     _run(tmp_path / "aug", "--max-steps", "2", "--augment", "translation")
     assert seen == ["translation"] * 6  # D step: real and fake; G step: the fakes; twice
     _run(tmp_path / "plain", "--max-steps", "2")

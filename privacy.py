@@ -1,0 +1,400 @@
+"""How the discriminator is updated: :class:`NonPrivate`, or :class:`DPSGD` (Opacus) with its privacy ledger.
+
+Both have the interface the training loop uses (``make_private``, ``batches``, ``d_step``, ``frozen``, the ledger
+methods), so train_dcgan.train has no privacy branches. DP-SGD computes its per-pair clipped sums with one of two
+backends: :class:`GhostBackend` (``--grad-sample-mode ghost``, the default: ghost_clipping.PairGhostClipper, no
+per-sample gradients) or :class:`OpacusBackend` (``hooks``, ``functorch``, ``ew``: Opacus materialises per-sample
+gradients). Noise, its scale and the accounting are Opacus' in every mode.
+
+What the reported ε covers (docs/privacy.md):
+  * Only D reads real data, so only D is trained with DP-SGD; G learns through D's privatised weights
+    (post-processing), so G and its samples inherit D's (ε, δ).
+  * The unit is ONE real example with its paired fake: pair i's gradient, of BCE(D(x_i), 1) + BCE(D(G(z_i)), 0),
+    is clipped to C as a whole. (Two backward passes, as in Opacus' DCGAN example, would clip real and fake
+    separately: one real example could then move the sum by 2C.)
+  * Poisson sampling with rate q = 1 / steps-per-epoch; the fake batch follows the real one; an empty batch still
+    takes a noisy step and is counted. G steps, the K schedule, the EMA and the mode-seeking term read no real
+    data: the accountant counts D steps.
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Protocol
+
+import torch
+
+import gan
+from utils import UserError, broadcast_params, dist_world
+
+# Opacus' RDP analysis warns when the best order is the largest one tried: the bound is then only looser
+# (conservative), never optimistic, so the warning carries no risk for the reported epsilon.
+warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+
+GRAD_SAMPLE_MODES = ("ghost", "hooks", "functorch", "ew")  # each checked against an autograd reference in tests
+
+
+class DUpdate(Protocol):
+    """What train_dcgan.train asks of a privacy strategy: NonPrivate and DPSGD implement it."""
+
+    private: bool
+    locked_args: tuple  # arguments a resumed run must keep (with train_dcgan's)
+
+    def check_args(self, args) -> None: ...
+    def make_private(self, D, optD, *, n_train, batch_size, steps_per_epoch, total_steps, state=None) -> tuple: ...
+    def distribute(self, D): ...  # under torchrun
+    def unwrap(self, D): ...  # the plain discriminator (for checkpoints)
+    def batches(self, gen, n: int, steps: int): ...  # an epoch's batches of indices into the training set
+    def d_step(self, D, optD, real, fake) -> tuple: ...  # (D loss, mean D(x), mean D(G(z)))
+    def frozen(self, D): ...  # a context in which G steps through D without touching D's gradients
+    def epsilon(self, step=None, final=False): ...  # the log's ε (None: non-private)
+    def state_dict(self): ...  # the ledger in the checkpoint
+    def describe(self): ...  # config.json's privacy settings
+    def summary(self) -> str: ...
+    def results(self) -> dict: ...
+
+
+class NonPrivate:
+    """The non-private D update."""
+
+    private = False
+    locked_args = ()
+
+    def __init__(self, args=None):
+        self.args = args
+
+    def check_args(self, args):
+        pass
+
+    def make_private(self, D, optD, **_):
+        return D, optD
+
+    def distribute(self, D):
+        return D  # gradients are averaged over ranks in d_step
+
+    def unwrap(self, D):
+        return D
+
+    def batches(self, gen, n, steps):
+        return gan.shuffled_batches(gen, n, steps)
+
+    def d_step(self, D, optD, real, fake):
+        optD.zero_grad(set_to_none=True)
+        stats = gan.d_forward_backward(D, real, fake) if len(real) else (float("nan"),) * 3
+        if dist_world()[1] > 1:
+            from utils import average_grads
+
+            average_grads(D)  # an empty shard contributes zero gradients
+        optD.step()
+        return stats
+
+    def frozen(self, D):
+        return gan.frozen(D)
+
+    def epsilon(self, step=None, final=False):
+        return None
+
+    def state_dict(self):
+        return None
+
+    def describe(self):
+        return None
+
+    def summary(self):
+        return ""
+
+    def results(self):
+        return {}
+
+
+# ----------------------------------------------------------------------------- DP-SGD backends
+class GhostBackend:
+    """Per-pair norms and the clipped sum by ghost clipping; Opacus' fast-gradient-clipping optimizer adds noise."""
+
+    def __init__(self, args):
+        self.args, self.clipper = args, None
+
+    def wrap(self, D, optD, *, noise_multiplier, n_train, batch_size, sample_rate, engine):
+        from ghost_clipping import PairGhostClipper, dp_optimizer
+
+        a = self.args
+        try:
+            self.clipper = PairGhostClipper(D, a.max_grad_norm, functools.partial(gan.d_pair_loss, reduction="sum"),
+                                            clipping=a.clipping)
+        except ValueError as e:
+            raise UserError(f"--grad-sample-mode ghost: {e}; use --grad-sample-mode hooks") from None
+        world = dist_world()[1]
+        optD = dp_optimizer(optD, noise_multiplier=noise_multiplier, max_grad_norm=a.max_grad_norm,
+                            expected_batch_size=int(n_train * sample_rate) / world, distributed=world > 1,
+                            generator=engine.secure_rng if a.secure_rng else None, secure_mode=a.secure_rng)
+        return D, optD
+
+    def distribute(self, D):
+        broadcast_params(D)  # the optimizer all-reduces the clipped sums; noise on rank 0 only
+        return D
+
+    def unwrap(self, D):
+        return D
+
+    def set_hooks(self, D, on):
+        pass
+
+    def empty_batch(self, D):
+        for p in D.parameters():
+            if p.requires_grad:
+                p.grad = torch.zeros_like(p)
+
+    def backward(self, D, real, fake):
+        try:
+            loss, out = self.clipper.backward(D, real, fake)
+        except ValueError as e:
+            raise UserError(f"--grad-sample-mode ghost: {e}, or use --grad-sample-mode hooks") from None
+        n = len(real)
+        return gan.d_stats(loss.item() / n, out[:n], out[n:])
+
+
+class OpacusBackend:
+    """Opacus' GradSampleModule materialises per-sample gradients (two forwards, one backward: the pair is one
+    per-sample gradient) and its DPOptimizer clips and adds noise."""
+
+    def __init__(self, args):
+        self.args = args
+
+    def wrap(self, D, optD, *, noise_multiplier, n_train, batch_size, sample_rate, engine):
+        from torch.utils.data import DataLoader, TensorDataset
+
+        a = self.args  # Opacus derives q = 1 / len(loader) = 1 / steps per epoch from the loader
+        loader = DataLoader(TensorDataset(torch.arange(n_train)), batch_size=batch_size)
+        D, optD, _ = engine.make_private(module=D, optimizer=optD, data_loader=loader,
+                                         noise_multiplier=noise_multiplier, max_grad_norm=a.max_grad_norm,
+                                         poisson_sampling=a.poisson, grad_sample_mode=a.grad_sample_mode)
+        return D, optD
+
+    def distribute(self, D):
+        from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
+
+        return DPDDP(D)
+
+    def unwrap(self, D):
+        m = D._module
+        return getattr(m, "module", m)  # under torchrun: GradSampleModule(DPDDP(D))
+
+    def set_hooks(self, D, on):
+        D.enable_hooks() if on else D.disable_hooks()
+
+    def empty_batch(self, D):
+        for p in D.parameters():
+            if p.requires_grad:
+                p.grad_sample = torch.zeros((0,) + tuple(p.shape), device=p.device, dtype=p.dtype)
+
+    def backward(self, D, real, fake):
+        return gan.d_forward_backward(D, real, fake)
+
+
+def _accountant_epsilon(acc, delta: float, sigma: float) -> float:
+    """ε of an Opacus accountant; a setting it cannot evaluate is a one-line error, not a deep traceback (PRV
+    tries to allocate terabytes for a tiny noise multiplier such as 0.001)."""
+    try:
+        return float(acc.get_epsilon(delta=delta))
+    except (MemoryError, ValueError, OverflowError, RuntimeError) as e:
+        raise UserError(f"the {acc.mechanism()} accountant cannot evaluate σ = {sigma:g} ({type(e).__name__}); ε would "
+                        "be enormous: use a larger --noise-multiplier, or --accountant rdp") from None
+
+
+@functools.lru_cache(maxsize=256)
+def epsilon_of(accountant: str, history: tuple, delta: float) -> float:
+    """ε of an Opacus ledger, ``history`` = ((σ, q, steps), ...), under ``accountant`` at δ. Memoised: one PRV
+    evaluation takes 0.2-1.2 s on a CPU (longer for large q), as long as dozens of small D steps."""
+    if not sum(s for _, _, s in history):
+        return 0.0
+    from opacus.accountants import create_accountant
+
+    acc = create_accountant(accountant)
+    acc.history = [tuple(h) for h in history]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _accountant_epsilon(acc, delta, max(sigma for sigma, _, _ in history))
+
+
+# ----------------------------------------------------------------------------- DP-SGD
+class DPSGD:
+    """DP-SGD on D: a backend for the clipped sums, Opacus' optimizer for the noise, and the ε ledger."""
+
+    private = True
+    locked_args = ("epsilon", "noise_multiplier", "delta", "max_grad_norm", "clipping", "accountant", "poisson",
+                   "grad_sample_mode", "secure_rng")
+    LIVE_EVALUATIONS = 10  # how often per run the log's ε is evaluated anew (exact at the end)
+
+    def __init__(self, args):
+        self.args = args
+        self.engine = None
+        self.backend = GhostBackend(args) if args.grad_sample_mode == "ghost" else OpacusBackend(args)
+
+    @property
+    def clipper(self):
+        return getattr(self.backend, "clipper", None)
+
+    # ------------------------------------------------------------------ setup
+    def check_args(self, args):
+        if (args.epsilon is None) == (args.noise_multiplier is None):
+            raise UserError("give exactly one of --epsilon (target) or --noise-multiplier")
+        if args.epsilon is not None and not args.epsilon > 0:
+            raise UserError(f"--epsilon must be > 0, got {args.epsilon}")
+        if args.noise_multiplier is not None and not args.noise_multiplier > 0:
+            raise UserError(f"--noise-multiplier must be > 0, got {args.noise_multiplier}")
+        if not 0 < args.delta < 1:
+            raise UserError(f"--delta must be in (0, 1), got {args.delta}")
+        if not args.max_grad_norm > 0:
+            raise UserError(f"--max-grad-norm must be > 0, got {args.max_grad_norm}")
+        if args.max_physical_batch_size is not None and args.max_physical_batch_size <= 0:
+            raise UserError("--max-physical-batch-size must be positive")
+        if args.clipping != "flat" and args.grad_sample_mode != "ghost":
+            raise UserError(f"--clipping {args.clipping} needs --grad-sample-mode ghost (the Opacus modes clip flat); "
+                            "drop --grad-sample-mode or use --clipping flat")
+
+    def make_private(self, D, optD, *, n_train, batch_size, steps_per_epoch, total_steps, state=None):
+        """Calibrate σ (or take it from ``state``, the checkpoint's ledger), wrap D and its optimizer, attach the
+        accountant; refuses a run whose total steps would spend more than the target ε."""
+        from opacus import PrivacyEngine
+        from opacus.accountants.utils import get_noise_multiplier
+        from opacus.validators import ModuleValidator
+
+        a = self.args
+        errors = ModuleValidator.validate(D, strict=False)
+        if errors:
+            raise UserError(f"discriminator is not DP-compatible: {errors[0]}")
+        self.n_train, self.sample_rate, self.total_steps = n_train, 1.0 / steps_per_epoch, total_steps
+        if a.delta >= 1.0 / n_train:
+            warnings.warn(f"--delta {a.delta:g} >= 1/N = {1 / n_train:.2g}: such a delta allows leaking a whole "
+                          "example; use delta << 1/N", stacklevel=2)
+        if state is not None:
+            self.noise_multiplier = state["noise_multiplier"]
+        elif a.noise_multiplier is not None:
+            self.noise_multiplier = a.noise_multiplier
+        else:
+            try:
+                self.noise_multiplier = get_noise_multiplier(
+                    target_epsilon=a.epsilon, target_delta=a.delta, sample_rate=self.sample_rate,
+                    steps=total_steps, accountant=a.accountant, epsilon_tolerance=0.01)
+            except ValueError:
+                raise UserError(f"epsilon = {a.epsilon} is unreachable with {total_steps} steps at sample rate "
+                                f"{self.sample_rate:.4g} (noise multiplier would exceed 1e6); raise --epsilon, "
+                                "lower --epochs or --batch-size") from None
+        # the log's ε is evaluated anew every refresh_every D steps, fixed when the run starts (so a resumed run
+        # logs what an uninterrupted one does)
+        self.refresh_every = (state or {}).get("refresh_every") or max(20, -(-total_steps // self.LIVE_EVALUATIONS))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
+            try:
+                self.engine = PrivacyEngine(accountant=a.accountant, secure_mode=a.secure_rng)
+            except ImportError:
+                raise UserError("--secure-rng needs the torchcsprng package (pip install torchcsprng; it must "
+                                "match your torch version), or drop --secure-rng") from None
+            D, optD = self.backend.wrap(D, optD, noise_multiplier=self.noise_multiplier, n_train=n_train,
+                                        batch_size=batch_size, sample_rate=self.sample_rate, engine=self.engine)
+        if a.grad_sample_mode == "ghost":
+            optD.attach_step_hook(self.engine.accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate))
+        assert abs(optD.expected_batch_size * dist_world()[1] - int(n_train * self.sample_rate)) < 1  # per-rank share
+        if state is not None:
+            self.engine.accountant.load_state_dict(state["accountant"])
+        projected = self.epsilon_at(total_steps)  # also checks that the accountant can evaluate this setting
+        if a.epsilon is not None and projected > a.epsilon + 0.01:
+            raise UserError(f"refusing to train: {total_steps} steps in total would spend ε = {projected:.3f} "
+                            f"> target ε = {a.epsilon} (σ = {self.noise_multiplier:.4f} was fixed for the original "
+                            "run); keep --epochs/--max-steps as they were or start a new run")
+        return D, optD
+
+    # ------------------------------------------------------------------ loop hooks
+    def distribute(self, D):
+        """Under torchrun: the optimizer (ghost) or Opacus' DPDDP (hooks modes) all-reduces the clipped sums."""
+        return self.backend.distribute(D)
+
+    def unwrap(self, D):
+        return self.backend.unwrap(D)
+
+    def frozen(self, D):
+        return gan.frozen(D, self.backend.set_hooks)
+
+    def batches(self, gen, n, steps):
+        """Poisson sampling: every example joins each of the epoch's ``steps`` batches with probability q."""
+        if not self.args.poisson:
+            yield from gan.shuffled_batches(gen, n, steps)
+            return
+        if self.engine.secure_rng is not None:
+            gen = self.engine.secure_rng  # cryptographically secure sampling; not reproducible
+        for _ in range(steps):
+            yield torch.nonzero(torch.rand(n, generator=gen) < self.sample_rate).flatten()
+
+    def empty_batch(self, D):
+        """A step with no real example: zero per-sample gradients, noise is still added."""
+        self.backend.empty_batch(D)
+
+    def d_step(self, D, optD, real, fake):
+        """One DP-SGD step over physical chunks of at most --max-physical-batch-size pairs: per-pair clipped
+        gradients are summed over the chunks and the noise is added once. An empty batch still takes a noisy
+        step (and is counted by the accountant)."""
+        optD.zero_grad(set_to_none=True)
+        b = len(real)
+        if not b:
+            self.empty_batch(D)
+            optD.step()
+            return (float("nan"),) * 3
+        chunk = self.args.max_physical_batch_size or b
+        sums = torch.zeros(3)
+        for i in range(0, b, chunk):
+            stats = self.backend.backward(D, real[i:i + chunk], fake[i:i + chunk])
+            sums += torch.tensor(stats) * len(real[i:i + chunk])
+            last = i + chunk >= b
+            optD.signal_skip_step(do_skip=not last)  # accumulate clipped sums; noise once, at the end
+            optD.step()
+            if not last:
+                optD.zero_grad(set_to_none=True)
+        return tuple((sums / b).tolist())
+
+    # ------------------------------------------------------------------ ledger
+    def steps_taken(self) -> int:
+        return sum(s for _, _, s in self.engine.accountant.history)
+
+    def epsilon_at(self, steps: int, accountant: str | None = None) -> float:
+        """ε after ``steps`` D steps of this run's (σ, q) under ``accountant`` (default: the run's)."""
+        return epsilon_of(accountant or self.args.accountant, ((self.noise_multiplier, self.sample_rate, int(steps)),),
+                          self.args.delta)
+
+    def epsilon(self, step=None, final=False):
+        """The ε the log and the progress bar show after ``step`` D steps (default: the steps taken): exact at
+        multiples of ``refresh_every`` and at the final step, else the exact ε of the last multiple (it lags by
+        fewer than refresh_every steps). A function of the step, so a resumed run logs the same values."""
+        step = self.steps_taken() if step is None else step
+        return self.epsilon_at(step if final else step - step % self.refresh_every)
+
+    def state_dict(self):
+        return {"accountant": dict(self.engine.accountant.state_dict()), "noise_multiplier": self.noise_multiplier,
+                "sample_rate": self.sample_rate, "refresh_every": self.refresh_every}
+
+    def describe(self):
+        a = self.args
+        return {"target_epsilon": a.epsilon, "delta": a.delta, "noise_multiplier": self.noise_multiplier,
+                "max_grad_norm": a.max_grad_norm, "clipping": a.clipping, "sample_rate": self.sample_rate,
+                "expected_batch_size": self.n_train * self.sample_rate, "accountant": a.accountant,
+                "poisson_sampling": a.poisson, "grad_sample_mode": a.grad_sample_mode, "secure_rng": a.secure_rng,
+                "max_physical_batch_size": a.max_physical_batch_size, "planned_steps": self.total_steps}
+
+    def summary(self):
+        a = self.args
+        target = f"target ε = {a.epsilon}" if a.epsilon is not None else "no target ε"
+        blocks = f", {self.clipper.n_blocks} blocks" if a.clipping != "flat" else ""
+        return (f"DP-SGD on D: {target}, δ = {a.delta:g}, σ = {self.noise_multiplier:.4f}, C = {a.max_grad_norm} "
+                f"({a.clipping}{blocks}), q = {self.sample_rate:.5f} "
+                f"({'Poisson' if a.poisson else 'shuffled, NOT Poisson'}), {self.total_steps} steps -> "
+                f"ε = {self.epsilon_at(self.total_steps):.3f} ({a.accountant})")
+
+    def results(self):
+        steps = self.steps_taken()
+        ledger = tuple(tuple(h) for h in self.engine.accountant.history)  # what was spent, step by step
+        out = {"epsilon": epsilon_of(self.args.accountant, ledger, self.args.delta),
+               "delta": self.args.delta, "noise_multiplier": self.noise_multiplier, "sample_rate": self.sample_rate,
+               "dp_steps": steps, "accountant": self.args.accountant, "max_grad_norm": self.args.max_grad_norm,
+               "target_epsilon": self.args.epsilon, "poisson_sampling": self.args.poisson}
+        for acc in ("rdp", "prv"):  # the same ledger under both accountants, for transparency
+            out[f"epsilon_{acc}"] = epsilon_of(acc, ledger, self.args.delta)
+        return out
