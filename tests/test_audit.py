@@ -276,3 +276,25 @@ def test_audit_bad_input_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         train_dcgan.main(tiny_args(tmp_path / "r", "--canaries", "100", "--canary-repeats", "1,2"))
     assert e.value.code == 2 and "fewer canaries" in capsys.readouterr().err
+
+
+def test_copy_rate_by_nearest_images_equals_the_direct_minima():
+    """The copy test counts, per relabeling, the samples whose nearest real images all lie in the 'in' half (ties
+    half): the same rate as comparing the two halves' minima directly, including exact ties."""
+    g = torch.Generator().manual_seed(3)
+    real = torch.randint(0, 256, (40, 1, 6, 6), dtype=torch.uint8, generator=g)
+    real[25] = real[3]  # an exact tie across the halves (a member and a non-member with the same pixels)
+    gen = torch.cat([real[3:4], torch.randint(0, 256, (59, 1, 6, 6), dtype=torch.uint8, generator=g)])
+    res = audit.pixel_copies(gen, real[:20], real[20:], "cpu", permutations=30, seed=1)
+    d = torch.cdist(gen.flatten(1).float() / 255, real.flatten(1).float() / 255)
+    a, b = d[:, :20].min(1).values, d[:, 20:].min(1).values
+    assert res["copying_rate"] == pytest.approx(float((a < b).float().mean() + 0.5 * (a == b).float().mean()))
+    perm = torch.Generator().manual_seed(1)
+    null = []
+    for _ in range(30):
+        first = torch.randperm(40, generator=perm)[:20]
+        other = torch.ones(40, dtype=torch.bool)
+        other[first] = False
+        a, b = d[:, first].min(1).values, d[:, other].min(1).values
+        null.append(float((a < b).double().mean() + 0.5 * (a == b).double().mean()))
+    assert res["p_value"] == (1 + sum(r >= res["copying_rate"] - 1e-9 for r in null)) / 31
