@@ -28,9 +28,13 @@ mixed, below that different photos; grouping two different photos only makes a s
 The bundled digits have no exact duplicates and are not grouped: upscaled 8x8 digits correlate highly
 without being copies.
 
+Identities: the person shown by each image, from CelebA's identity_CelebA.txt beside the partition file (or
+``identity_file``, --identity-file: any two-column '<file> <identity>' text file); without one every image is its
+own person. ``split_unit`` 'identity' (--split-unit) keeps each person's images on one side of a seeded split.
+
 ``exclude_from`` (--exclude-from ROOT) drops every file whose name also appears under ROOT (a CelebA root
-or an image folder) before decoding, e.g. to pretrain on public images disjoint by file name from the
-private set.
+or an image folder) before decoding and, when both sides have identity labels, every file showing a person who
+appears under ROOT: public pretraining data disjoint from a private set by photo and by person.
 
 Bad files: unreadable, corrupt or truncated images are skipped and counted; a warning names them
 (the run fails only when nothing is readable). RGBA/LA/palette/CMYK images are converted (alpha is
@@ -56,6 +60,7 @@ IMG_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 SPLITS = ("train", "val", "test")
 CACHE_VERSION = 1
 DEDUP_THRESHOLD = 0.95
+IDENTITY_FILE = "identity_CelebA.txt"
 DEFAULT_CACHE_DIR = os.environ.get("DCGAN_CACHE_DIR", "outputs/cache")
 
 
@@ -71,9 +76,22 @@ class ImageSet:
     skipped: list = field(default_factory=list)
     groups: torch.Tensor | None = None  # near-duplicate group id per image (the smallest index in the group)
     dedup: dict = field(default_factory=dict)  # how the groups were formed and how many were merged
+    identities: torch.Tensor | None = None  # person id per image (None: every image is its own person)
+    identity_file: str | None = None
 
     def group_ids(self) -> torch.Tensor:
         return self.groups if self.groups is not None else torch.arange(len(self.images))
+
+    def identity_ids(self) -> torch.Tensor:
+        return self.identities if self.identities is not None else torch.arange(len(self.images))
+
+    def identity_report(self, idx: torch.Tensor | None = None) -> dict:
+        """How many people the images ``idx`` (default: all) show, and how many images each (config.json)."""
+        ids = self.identity_ids() if idx is None else self.identity_ids()[idx]
+        counts = torch.unique(ids, return_counts=True)[1].numpy() if len(ids) else np.zeros(1)
+        return {"file": self.identity_file, "images": len(ids), "identities": int((counts > 0).sum()),
+                "images_per_identity": {"min": int(counts.min()), "median": float(np.median(counts)),
+                                        "max": int(counts.max())}}
 
     def representatives(self, idx: torch.Tensor) -> torch.Tensor:
         """The first image (lowest index) of each group among ``idx``; other group members are dropped."""
@@ -175,16 +193,6 @@ def _warn_skipped(skipped, total):
 def _list_images(folder: Path) -> list:
     files = [p for p in folder.rglob("*") if p.suffix.lower() in IMG_EXTS and p.is_file()]
     return sorted(files, key=lambda p: str(p.relative_to(folder)))
-
-
-def _cached(path):
-    """What a cache file holds (loaded with weights_only=True), or None: no cache, no file, or unreadable (rebuilt)."""
-    if path is None or not Path(path).is_file():
-        return None
-    try:
-        return torch.load(path, weights_only=True)
-    except Exception:
-        return None
 
 
 def _cached_decode(files, base: Path, image_size, channels, cache_dir, source, progress):
@@ -294,6 +302,69 @@ def read_partition(path: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------- sources
+def read_identities(path) -> dict:
+    """CelebA's identity annotation (``identity_CelebA.txt``: '<file> <identity>' per line, no header), or any
+    two-column text file in that format: {file name: identity}."""
+    ids = {}
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 2:
+                raise UserError(f"{path}:{lineno}: expected '<file> <identity>', got {line.strip()!r}")
+            ids[parts[0]] = parts[1]
+    return ids
+
+
+def celeba_identity_file(root: Path) -> Path | None:
+    """identity_CelebA.txt beside the partition file (plain or torchvision layout), if there is one."""
+    for base in (root, root / "celeba"):
+        if (base / "img_align_celeba").is_dir():
+            return base / IDENTITY_FILE if (base / IDENTITY_FILE).is_file() else None
+    return None
+
+
+def _identities(names, identity_file) -> tuple:
+    """Person id per image from an identity file (images it does not list are their own person); (ids, path)."""
+    if identity_file is None:
+        return None, None
+    path = Path(identity_file).expanduser()
+    if not path.is_file():
+        raise UserError(f"--identity-file {path} does not exist; give a two-column '<file> <identity>' text file")
+    table = read_identities(path)
+    labels = [table.get(Path(n).name) for n in names]
+    missing = sum(x is None for x in labels)
+    if missing == len(names):
+        raise UserError(f"none of the {len(names)} images is listed in {path}; is it the identity file of this data?")
+    if missing:
+        print(f"warning: {missing} image(s) are not in {path.name}; each counts as a person of its own",
+              file=sys.stderr)
+    labels = [x if x is not None else f"\0{i}" for i, x in enumerate(labels)]
+    return torch.from_numpy(np.unique(labels, return_inverse=True)[1].astype(np.int64)), str(path.resolve())
+
+
+def merge_groups(*labelings) -> torch.Tensor:
+    """Connected components of "same label under any of the labelings" (e.g. near-duplicate groups and persons),
+    each named by its smallest image index."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(labelings[0])
+    rows, cols, offset = [], [], n
+    for lab in labelings:
+        inv = np.unique(np.asarray(lab), return_inverse=True)[1]
+        rows.append(np.arange(n))
+        cols.append(offset + inv)
+        offset += inv.max() + 1 if n else 0
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    _, comp = connected_components(coo_matrix((np.ones(len(r)), (r, c)), shape=(offset, offset)), directed=False)
+    comp = comp[:n]
+    first = np.full(comp.max() + 1 if n else 0, n, dtype=np.int64)
+    np.minimum.at(first, comp, np.arange(n))
+    return torch.from_numpy(first[comp])
+
+
 def find_celeba(root: Path):
     """Return (image folder, partition file or None) for the plain or torchvision CelebA layout."""
     for base in (root, root / "celeba"):
@@ -308,8 +379,11 @@ def find_celeba(root: Path):
                     "point --data-root at the folder that holds img_align_celeba/ and list_eval_partition.txt")
 
 
-def _exclude(files, base: Path, exclude_from):
-    """Drop files whose name also appears under ``exclude_from`` (a CelebA root or an image folder)."""
+def _exclude(files, base: Path, exclude_from, identity_file=None):
+    """Drop files whose name also appears under ``exclude_from`` (a CelebA root or an image folder) and, when both
+    sides have identity labels (this source's ``identity_file``, and identity_CelebA.txt beside ROOT's partition
+    file), every file showing a person who appears under ROOT: public data disjoint from a private set by photo
+    and by person."""
     if not exclude_from:
         return files, None
     other = Path(exclude_from).expanduser()
@@ -319,38 +393,70 @@ def _exclude(files, base: Path, exclude_from):
         other_dir = find_celeba(other)[0]
     except UserError:
         other_dir = other
-    names = {p.name for p in _list_images(other_dir)}
+    other_files = _list_images(other_dir)
+    names = {p.name for p in other_files}
     kept = [p for p in files if p.name not in names]
+    report = {"exclude_from": str(other_dir.resolve()), "excluded": len(files) - len(kept)}
+    other_ids = celeba_identity_file(other) if other_dir != other else None
+    if identity_file is not None and other_ids is not None:
+        here, there = read_identities(identity_file), read_identities(other_ids)
+        people = {there[n] for n in names if n in there}
+        by_person = [p for p in kept if here.get(p.name) not in people]
+        report.update(excluded_by_identity=len(kept) - len(by_person), identities_excluded=len(people),
+                      identity_files=[str(Path(identity_file).resolve()), str(other_ids.resolve())])
+        kept = by_person
+    else:
+        report["excluded_by_identity"] = None  # not checkable: a side has no identity labels
     if not kept:
-        raise UserError(f"--exclude-from {other}: every image of {base} is also there; nothing left to train on")
-    return kept, {"exclude_from": str(other_dir.resolve()), "excluded": len(files) - len(kept)}
+        raise UserError(f"--exclude-from {other}: every image of {base} is also there (by name or person); nothing "
+                        "left to train on")
+    return kept, report
 
 
-def _load_photos(folder: Path, kind: str, image_size, channels, cache_dir, progress, dedup, exclude_from):
-    """Decode a photo folder (cached), minus --exclude-from's names, and group its near-duplicates:
-    (images, names, skipped, key, groups, dedup report)."""
+def _cached(path):
+    """What a cache file holds (loaded with weights_only=True), or None: no cache, no file, or unreadable (rebuilt)."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception:
+        return None
+
+
+def _load_photos(folder: Path, kind: str, image_size, channels, cache_dir, progress, dedup, exclude_from,
+                 identity_file):
+    """Decode a photo folder (cached), minus --exclude-from's names and people, group its near-duplicates and label
+    its people: (images, names, skipped, key, groups, dedup report, identities)."""
     files = _list_images(folder)
     if not files:
         raise UserError(f"{folder} holds no images (looked recursively for {', '.join(sorted(IMG_EXTS))})")
-    files, excl = _exclude(files, folder, exclude_from)
+    files, excl = _exclude(files, folder, exclude_from, identity_file)
     images, names, skipped, key = _cached_decode(files, folder, image_size, channels, cache_dir, kind, progress)
     _warn_skipped(skipped, len(files))
     groups, report = _groups(images, dedup, cache_dir, key)
     if excl:
         report.update(excl)
-    return images, names, skipped, key, groups, report
+    return images, names, skipped, key, groups, report, _identities(names, identity_file)
+
+
+def _split_groups(groups, identities, split_unit: str):
+    """The groups a seeded split keeps whole: near-duplicate groups, and with split_unit 'identity' persons too."""
+    if split_unit != "identity" or identities is None:
+        return groups
+    return merge_groups(identities, groups if groups is not None else torch.arange(len(identities)))
 
 
 def _load_celeba(root, image_size, channels, cache_dir, split_seed, progress, random_split=False, dedup=None,
-                 exclude_from=None):
+                 exclude_from=None, identity_file=None, split_unit="image"):
     img_dir, part_file = find_celeba(root)
-    images, names, skipped, key, groups, report = _load_photos(img_dir, "celeba", image_size, channels, cache_dir,
-                                                               progress, dedup, exclude_from)
+    identity_file = identity_file or celeba_identity_file(root)
+    images, names, skipped, key, groups, report, (ids, id_file) = _load_photos(
+        img_dir, "celeba", image_size, channels, cache_dir, progress, dedup, exclude_from, identity_file)
     source = f"celeba:{img_dir}"
     if part_file is None or random_split:
-        key = sha256_json([key, "groups", report])
-        return ImageSet(images, names, seeded_split(len(names), split_seed, groups=groups), source, key, skipped,
-                        groups, report)
+        key = sha256_json([key, "groups", report] + ([split_unit, id_file] if split_unit != "image" else []))
+        split = seeded_split(len(names), split_seed, groups=_split_groups(groups, ids, split_unit))
+        return ImageSet(images, names, split, source, key, skipped, groups, report, ids, id_file)
     part = read_partition(part_file)
     labels = torch.tensor([part.get(Path(n).name, -1) for n in names])
     missing = int((labels < 0).sum())
@@ -361,17 +467,18 @@ def _load_celeba(root, image_size, channels, cache_dir, split_seed, progress, ra
         print(f"warning: {missing} image(s) in {img_dir} are not in {part_file.name} and are ignored", file=sys.stderr)
     splits = {s: torch.nonzero(labels == i).flatten() for i, s in enumerate(SPLITS)}
     key = sha256_json([key, "partition", labels.tolist()])
-    return ImageSet(images, names, splits, source, key, skipped, groups, report)
+    return ImageSet(images, names, splits, source, key, skipped, groups, report, ids, id_file)
 
 
-def _load_folder(folder, image_size, channels, cache_dir, split_seed, progress, dedup=None, exclude_from=None):
+def _load_folder(folder, image_size, channels, cache_dir, split_seed, progress, dedup=None, exclude_from=None,
+                 identity_file=None, split_unit="image"):
     if not folder.is_dir():
         raise UserError(f"image folder {folder} does not exist")
-    images, names, skipped, key, groups, report = _load_photos(folder, "folder", image_size, channels, cache_dir,
-                                                               progress, dedup, exclude_from)
-    key = sha256_json([key, "groups", report])
-    return ImageSet(images, names, seeded_split(len(names), split_seed, groups=groups), f"folder:{folder}", key,
-                    skipped, groups, report)
+    images, names, skipped, key, groups, report, (ids, id_file) = _load_photos(
+        folder, "folder", image_size, channels, cache_dir, progress, dedup, exclude_from, identity_file)
+    key = sha256_json([key, "groups", report] + ([split_unit, id_file] if split_unit != "image" else []))
+    split = seeded_split(len(names), split_seed, groups=_split_groups(groups, ids, split_unit))
+    return ImageSet(images, names, split, f"folder:{folder}", key, skipped, groups, report, ids, id_file)
 
 
 def _load_digits(image_size, channels, split_seed, cache_dir=None):
@@ -393,16 +500,22 @@ def _load_digits(image_size, channels, split_seed, cache_dir=None):
 
 def load_images(data: str = "digits", root=None, image_size: int = 32, channels: int = 1,
                 cache_dir=DEFAULT_CACHE_DIR, split_seed: int = 0, progress: bool = True,
-                random_split: bool = False, dedup: float | None = DEDUP_THRESHOLD, exclude_from=None) -> ImageSet:
+                random_split: bool = False, dedup: float | None = DEDUP_THRESHOLD, exclude_from=None,
+                identity_file=None, split_unit: str = "image") -> ImageSet:
     """Load a source (see module docstring) as an :class:`ImageSet`. ``dedup``: near-duplicate correlation
-    threshold of photo sources (None or 0 disables grouping); ``exclude_from``: drop files named as there."""
+    threshold of photo sources (None or 0 disables grouping); ``exclude_from``: drop files named as there (and
+    their people, where both sides have identity labels); ``identity_file``: the person of each image (CelebA:
+    identity_CelebA.txt beside the partition file by default); ``split_unit`` 'identity': a seeded split keeps each
+    person's images on one side."""
     if channels not in (1, 3):
         raise UserError(f"--channels must be 1 (grayscale) or 3 (RGB), got {channels}")
     if dedup is not None and not 0 <= dedup <= 1:
         raise UserError(f"--dedup-threshold must be in [0, 1] (0 disables), got {dedup}")
+    if split_unit not in ("image", "identity"):
+        raise UserError(f"--split-unit must be image or identity, got {split_unit!r}")
     if data == "digits":
-        if exclude_from:
-            raise UserError("--exclude-from applies to celeba and folder sources, not digits")
+        if exclude_from or identity_file:
+            raise UserError("--exclude-from and --identity-file apply to celeba and folder sources, not digits")
         return _load_digits(image_size, channels, split_seed, cache_dir)
     if data == "celeba":
         if root is None:
@@ -411,10 +524,11 @@ def load_images(data: str = "digits", root=None, image_size: int = 32, channels:
         if not root.exists():
             raise UserError(f"--data-root {root} does not exist")
         return _load_celeba(root, image_size, channels, cache_dir, split_seed, progress, random_split, dedup,
-                            exclude_from)
+                            exclude_from, identity_file, split_unit)
     if data.startswith("folder:") or data == "folder":
         folder = Path(data[len("folder:"):] if data != "folder" else (root or "")).expanduser()
-        return _load_folder(folder, image_size, channels, cache_dir, split_seed, progress, dedup, exclude_from)
+        return _load_folder(folder, image_size, channels, cache_dir, split_seed, progress, dedup, exclude_from,
+                            identity_file, split_unit)
     raise UserError(f"unknown --data {data!r}; use celeba, folder:PATH or digits")
 
 

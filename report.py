@@ -234,7 +234,12 @@ def render_markdown(res: dict, table, args) -> str:
     md = [f"# Results ({'quick preset' if args.quick else 'full study'})", "",
           f"Command: `{cmd}` (see results.json for every setting). Data: {res['data']}. "
           f"Hardware: {res['hardware']}. Compute: {res['compute_s'] / 60:.1f} min for all stages.", "",
-          markdown_table(table), "",
+          "## Headline", "", headline_table(table, s["seed"]), "",
+          "The table the README shows: every model of the main seed and the real-data reference at each N. "
+          "White-box AUC: D's logit as the membership score; TPR at 1% FPR; ε_lb: the one-run lower bound (95%); "
+          "copy test: the share of samples nearer a training image than every held-out one in pixel space (50% "
+          "without copying) and its permutation p-value. The full table follows.", "",
+          "## Every row", "", markdown_table(table), "",
           f"Every model: 32px grayscale, the default recipe of its script, D sees {s['budget']:,} real images "
           f"(epochs = budget / N); training subsets of N = {s['train_sizes']} drawn by coins from 2N candidates "
           f"(every candidate is a trial of the one-run ε bound); {s['canaries']} canaries for each repeat count "
@@ -263,12 +268,19 @@ def render_markdown(res: dict, table, args) -> str:
     return "\n".join(md)
 
 
+HEADLINE_COLUMNS = [("N", "size", "d"), ("model", "model", None), ("ε", "epsilon", ".2f"), ("FID", "fid_train", ".1f"),
+                    ("precision", "precision", ".2f"), ("white-box AUC", "mia_auc_white", ".3f"),
+                    ("TPR@1%FPR", "mia_tpr_1pct_white", ".3f"), ("ε_lb one run", "epsilon_lb_one_run", ".2f"),
+                    ("copy test (p)", "copying_rate", "copy")]
+
+
+def headline_table(table, seed: int) -> str:
+    """The compact table (the README's): the main seed's models and each N's real-data reference."""
+    keep = [r for r in table if r.get("seed", seed) == seed and not r["model"].startswith("public pretraining")]
+    return markdown_table(keep, HEADLINE_COLUMNS)
 
 
 # ----------------------------------------------------------------------------- the study's report
-def _stage_times(train_res, ev, au) -> dict:
-    return {"train": train_res.get("wall_s"), "eval": ev.get("wall_s"), "audit": au.get("wall_s") if au else None}
-
 
 def study_report(s: dict, out: Path, models: list, public, args, t0: float, times: dict) -> dict:
     """Rows, plots, results.json and results.md of a finished study. ``models``: [(N, name, seed)]; the artefacts
@@ -333,11 +345,13 @@ def study_report(s: dict, out: Path, models: list, public, args, t0: float, time
     plot_exposure(audits, out / "exposure.png")
 
     pretrain_s = read_json(public / "results.json").get("wall_s") or 0 if public is not None else 0
+    overlap = public_overlap(public, [out / "runs" / name for _, name, _ in models]) if public is not None else None
     breakdown = stage_breakdown(rows, refs, pre, pretrain_s, out)
     table = [r for n in s["size_list"] for r in refs + pre + rows if r["size"] == n]
     first_eval = read_json(out / "runs" / models[0][1] / "eval" / "eval.json")
     result = {"settings": {k: v for k, v in s.items() if not k.endswith("_list")}, "rows": rows, "reference_rows": refs,
-              "pretraining_rows": pre, "seed_rows": SEED_ROWS, "hardware": hardware(pick_device(s["device"])),
+              "pretraining_rows": pre, "public_pretraining": overlap, "seed_rows": SEED_ROWS,
+              "hardware": hardware(pick_device(s["device"])),
               "versions": versions(), "compute_s": breakdown["total_s"], "stage_times": breakdown,
               "this_invocation_s": round(time.time() - t0, 1),
               "this_invocation_stages_s": {k: round(v, 1) for k, v in times.items() if v is not None},
@@ -348,6 +362,34 @@ def study_report(s: dict, out: Path, models: list, public, args, t0: float, time
     print(f"wrote {out / 'results.md'}, results.json and plots (stages' compute {breakdown['total_s'] / 60:.1f} min, "
           f"this invocation {result['this_invocation_s'] / 60:.1f} min of wall time)")
     return result
+
+
+def public_overlap(public: Path, private_runs) -> dict:
+    """What the public pretraining trained on, and what it shares with the images the private runs could train on
+    (their training sets, every coin candidate and canary): file names, and people where both sides have identity
+    labels (CelebA: identity_CelebA.txt)."""
+    from data import read_identities
+    from runs import run_training_data
+
+    pub = run_training_data(public)
+    pub_names = {Path(pub.imgs.names[i]).name for i in torch.unique(pub.index).tolist()}
+    private, id_files = set(), set()
+    for run in private_runs:
+        td = run_training_data(run)
+        private |= {Path(td.imgs.names[i]).name for i in torch.cat([td.index, td.special()]).tolist()}
+        id_files.add(td.imgs.identity_file)
+    out = {"run": str(public), "images": len(pub_names),
+           "exclusion": {k: pub.imgs.dedup.get(k) for k in ("exclude_from", "excluded", "excluded_by_identity")
+                         if k in pub.imgs.dedup} or None,
+           "private_candidate_images": len(private), "file_names_shared": len(pub_names & private)}
+    if pub.imgs.identity_file and len(id_files) == 1 and None not in id_files:
+        here, there = read_identities(pub.imgs.identity_file), read_identities(id_files.pop())
+        people = {there[n] for n in private if n in there}
+        out["private_candidate_identities"] = len(people)
+        out["identities_shared"] = len({here[n] for n in pub_names if n in here} & people)
+    else:
+        out["identities_shared"] = None  # not checkable: a side has no identity labels
+    return out
 
 
 def stage_breakdown(rows, refs, pre, pretrain_s: float, out: Path) -> dict:

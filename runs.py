@@ -47,14 +47,16 @@ RESUME_LOCKED = ("data", "data_root", "image_size", "channels", "nz", "ngf", "nd
                  "beta1", "seed", "split_seed", "random_split", "dedup_threshold", "exclude_from", "canaries",
                  "canary_repeats", "canary_split", "canary_seed", "train_size", "coin_subset", "audit_canaries",
                  "subset_seed", "d_steps", "g_steps", "g_batch_size", "freeze_d", "adaptive_d_steps", "adaptive_grace",
-                 "ema_decay", "ema_warmup", "init_from", "mode_seeking", "augment", "g_lr_scale", "skip_subset")
+                 "ema_decay", "ema_warmup", "init_from", "mode_seeking", "augment", "g_lr_scale", "skip_subset",
+                 "identity_file", "split_unit")
 # The value a locked argument had before it existed: checkpoints written earlier resume only if it still holds.
 LOCKED_BEFORE = {"dedup_threshold": None, "exclude_from": None, "train_size": None, "coin_subset": False,
                  "audit_canaries": 0, "subset_seed": 0, "d_steps": 1, "g_steps": 1, "g_batch_size": None, "freeze_d": 0,
                  "adaptive_d_steps": None,
                  "adaptive_grace": 50, "ema_decay": 0.0, "ema_warmup": 10.0, "init_from": None, "mode_seeking": 0.0,
-                 "augment": "", "clipping": "flat", "g_lr_scale": 1.0, "skip_subset": 0}
-PATH_ARGS = ("data_root", "exclude_from", "init_from")  # compared as the folders they name, not as spelled
+                 "augment": "", "clipping": "flat", "g_lr_scale": 1.0, "skip_subset": 0, "identity_file": None,
+                 "split_unit": "image"}
+PATH_ARGS = ("data_root", "exclude_from", "init_from", "identity_file")  # compared as the files they name
 # Epoch-end checkpoints at least this many D steps apart: at small N an epoch is a couple of steps, and saving G, D,
 # the EMA and both optimizers after each of them was a large share of the run. An interrupted run loses less.
 CKPT_MIN_STEPS = 50
@@ -131,6 +133,8 @@ def warm_start(G, D, args, model_cfg: dict, private: bool) -> dict:
     here = _root(args.data, args.data_root)
     same = args.data == "digits" == a.get("data") or _same_path(_root(a.get("data"), a.get("data_root")), here)
     disjoint = bool(a.get("exclude_from")) and _same_path(a.get("exclude_from"), here)
+    excluded = read_json(src / "config.json").get("dedup", {}) if src.is_dir() and (src / "config.json").is_file() else {}
+    by_person = disjoint and excluded.get("excluded_by_identity") is not None  # identity labels on both sides
     # --skip-subset M there, --train-size N here with the same pool and order: the source never saw this run's
     # draw (N, or 2N coin candidates, <= M); the source had no canaries or audit canaries (held-out images) and
     # this run has no audit canaries (this run's --canaries are held-out images the source never drew)
@@ -147,12 +151,15 @@ def warm_start(G, D, args, model_cfg: dict, private: bool) -> dict:
             "exclude_from": a.get("exclude_from"), "skip_subset": a.get("skip_subset", 0), "steps": blob.get("step"),
             "generator": "EMA" if ema else "raw",
             "private": blob.get("privacy") is not None,
-            "same_data_as_this_run": same, "disjoint_by_file_name": disjoint, "disjoint_by_subset": by_subset}
+            "same_data_as_this_run": same, "disjoint_by_file_name": disjoint, "disjoint_by_identity": by_person,
+            "disjoint_by_subset": by_subset}
 
 
 def _disjointness(warm: dict) -> str:
     if warm.get("disjoint_by_subset"):
         return f"disjoint from this run's draw: --skip-subset {warm['skip_subset']} there"
+    if warm.get("disjoint_by_identity"):
+        return "disjoint by file name and by person"
     return "disjoint by file name" if warm.get("disjoint_by_file_name") else "overlap not checked"
 
 

@@ -17,6 +17,7 @@ import concurrent.futures as cf
 import contextlib
 import importlib
 import multiprocessing as mp
+import re
 import sys
 import threading
 import time
@@ -132,7 +133,7 @@ def execute(stage: Stage, log_dir: Path | None) -> float:
     """Run one stage (in this process), its output appended to its log file; returns its wall time in seconds. A
     stage's error is raised as a one-line UserError naming the stage and its log (the traceback is in the log)."""
     t0 = time.time()
-    path = log_dir / f"{stage.name.replace(' ', '-')}.log" if log_dir else None
+    path = log_dir / (re.sub(r"[^A-Za-z0-9._-]+", "-", stage.name).strip("-") + ".log") if log_dir else None
     try:
         _execute(stage, path)
     except KeyboardInterrupt:

@@ -49,8 +49,15 @@ def build_parser(prog="train_dcgan.py", description=None, defaults=None) -> argp
                    help="photo sources: images whose 32px grayscale pixels correlate at >= this are one "
                         "near-duplicate group, never separated by a split, subset or coin (0 disables)")
     g.add_argument("--exclude-from", default=None, metavar="ROOT",
-                   help="drop images whose file name also appears under ROOT (e.g. public pretraining data "
-                        "disjoint by name from a private set)")
+                   help="drop images whose file name also appears under ROOT and, where both have identity labels, "
+                        "every image of a person who appears there (public data disjoint from a private set)")
+    g.add_argument("--identity-file", default=None, metavar="PATH",
+                   help="the person shown by each image: a two-column '<file> <identity>' text file (default for "
+                        "CelebA: identity_CelebA.txt beside list_eval_partition.txt; without one every image is its "
+                        "own person)")
+    g.add_argument("--split-unit", default="image", choices=["image", "identity"],
+                   help="what a seeded split (--random-split, or no partition file) keeps whole besides near-duplicate "
+                        "groups: single images, or all images of a person")
     g.add_argument("--train-size", type=int, default=None, metavar="N",
                    help="train on N images of the train split (a seeded subset, one per near-duplicate group)")
     g.add_argument("--coin-subset", action="store_true",

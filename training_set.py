@@ -46,7 +46,7 @@ class TrainingData:
         self.imgs = imgs = load_images(
             args.data, args.data_root, args.image_size, args.channels, args.cache_dir or None, args.split_seed,
             progress=progress, random_split=args.random_split, dedup=args.dedup_threshold,
-            exclude_from=args.exclude_from)
+            exclude_from=args.exclude_from, identity_file=args.identity_file, split_unit=args.split_unit)
         train = imgs.splits["train"]
         if len(train) == 0:
             raise UserError(f"the train split of {imgs.source} is empty")
@@ -108,7 +108,8 @@ class TrainingData:
 
     def describe(self) -> dict:
         d = {"n_train": self.n, "n_planned": self.n_planned, "dedup": self.imgs.dedup,
-             "n_val": len(self.imgs.splits.get("val", [])), "n_test": len(self.imgs.splits.get("test", []))}
+             "n_val": len(self.imgs.splits.get("val", [])), "n_test": len(self.imgs.splits.get("test", [])),
+             "identities": self.imgs.identity_report(torch.unique(self.index))}
         if self.coins:
             d["coins"] = {"kind": self.coins["kind"], "candidates": len(self.coins["indices"]),
                           "included": int(sum(self.coins["included"]))}
