@@ -207,7 +207,9 @@ def job_train_step(k: int, batch: int, iters: int, device: str, threads: int, wi
 
 
 def job_inception(weights: str, n: int, device: str, threads: int) -> dict:
-    """Our feature pipeline vs torch-fidelity's own extractor (NCHW, as torch-fidelity runs it)."""
+    """Our feature pipeline (channels_last, inference_mode) at batch 32, 64 (the default) and 128, vs
+    torch-fidelity's own extractor (NCHW, as torch-fidelity runs it); and bf16 autocast, the speed a reduced
+    precision would buy and the feature error it would cost (not offered: FID must stay exact)."""
     torch.set_num_threads(threads)
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
@@ -215,20 +217,30 @@ def job_inception(weights: str, n: int, device: str, threads: int) -> dict:
 
     device = torch.device(device)
     imgs = torch.randint(0, 256, (n, 1, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    ours = metrics.InceptionFeatures(weights, device, batch_size=64)
+    ours = {b: metrics.InceptionFeatures(weights, device, batch_size=b, progress=False) for b in (32, 64, 128)}
     theirs = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                         feature_extractor_weights_path=str(ours.path)).to(device).eval()
+                                         feature_extractor_weights_path=str(ours[64].path)).to(device).eval()
 
     def run_theirs():
         with torch.no_grad():
             return torch.cat([theirs(metrics.to_uint8_rgb(imgs[i:i + 64]).to(device))[0].cpu()
                               for i in range(0, n, 64)]).numpy()
+
+    def run_bf16():
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+            return torch.cat([ours[64].model(metrics.to_uint8_rgb(imgs[i:i + 64]).to(device).contiguous(
+                memory_format=torch.channels_last))[0].float().cpu() for i in range(0, n, 64)]).numpy()
     start = _mem_start(device)
-    t_ours = _timed(lambda: ours(imgs, progress=False), 1, warmup=1)
+    t_ours = {b: _timed(lambda e=e: e(imgs, progress=False), 1, warmup=1) for b, e in ours.items()}
     t_theirs = _timed(run_theirs, 1, warmup=1)
-    diff = float(np.abs(ours(imgs, progress=False) - run_theirs()).max())
-    return {"images": n, "ours_images_per_s": n / t_ours, "torch_fidelity_images_per_s": n / t_theirs,
-            "speedup": t_theirs / t_ours, "max_abs_feature_diff": diff, "peak_extra_mb": _mem_extra(device, start)}
+    t_bf16 = _timed(run_bf16, 1, warmup=1)
+    feats = ours[64](imgs, progress=False)
+    return {"images": n, "threads": threads, "ours_images_per_s": n / t_ours[64],
+            "ours_images_per_s_by_batch": {str(b): n / t for b, t in t_ours.items()},
+            "torch_fidelity_images_per_s": n / t_theirs, "speedup": t_theirs / t_ours[64],
+            "max_abs_feature_diff": float(np.abs(feats - run_theirs()).max()),
+            "bf16_images_per_s": n / t_bf16, "bf16_max_abs_feature_diff": float(np.abs(feats - run_bf16()).max()),
+            "mean_abs_feature": float(np.abs(feats).mean()), "peak_extra_mb": _mem_extra(device, start)}
 
 
 def job_memorization(n_gen: int, n_train: int, device: str, threads: int) -> dict:
@@ -372,9 +384,11 @@ def bench(args) -> dict:
     if "inception" in only:
         if args.inception_weights:
             r = isolated(job_inception, args.inception_weights, 64 if args.quick else 256, device, args.threads)
-            print(f"Inception: ours {r['ours_images_per_s']:.1f} img/s, torch-fidelity "
-                  f"{r['torch_fidelity_images_per_s']:.1f} img/s (x{r['speedup']:.2f}); max |Δ feature| "
-                  f"{r['max_abs_feature_diff']:.2e}")
+            by_batch = ", ".join(f"batch {k} {v:.1f}" for k, v in r["ours_images_per_s_by_batch"].items())
+            print(f"Inception ({args.threads} threads): ours {by_batch} img/s; torch-fidelity "
+                  f"{r['torch_fidelity_images_per_s']:.1f} img/s (x{r['speedup']:.2f}), max |Δ feature| "
+                  f"{r['max_abs_feature_diff']:.2e}; bf16 autocast {r['bf16_images_per_s']:.1f} img/s, max |Δ feature| "
+                  f"{r['bf16_max_abs_feature_diff']:.2e} (features average {r['mean_abs_feature']:.2f})")
             res["inception"] = r
         else:
             res["inception"] = "skipped: no --inception-weights / $INCEPTION_WEIGHTS"

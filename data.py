@@ -288,33 +288,30 @@ def _groups(images, threshold, cache_dir, key):
                     "largest_group": int(sizes.max()) if len(sizes) else 0}
 
 
-def read_partition(path: Path) -> dict:
-    part = {}
+def _read_table(path, second: str, valid=None) -> dict:
+    """A two-column '<file> <value>' text file (CelebA's annotation format): {file name: value}."""
+    table = {}
     with open(path) as f:
         for lineno, line in enumerate(f, 1):
             parts = line.split()
             if not parts:
                 continue
-            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
-                raise UserError(f"{path}:{lineno}: expected '<file> <0|1|2>', got {line.strip()!r}")
-            part[parts[0]] = int(parts[1])
-    return part
+            if len(parts) != 2 or (valid is not None and parts[1] not in valid):
+                raise UserError(f"{path}:{lineno}: expected '<file> <{second}>', got {line.strip()!r}")
+            table[parts[0]] = parts[1]
+    return table
+
+
+def read_partition(path: Path) -> dict:
+    """list_eval_partition.txt: {file name: 0 (train) | 1 (val) | 2 (test)}."""
+    return {k: int(v) for k, v in _read_table(path, "0|1|2", ("0", "1", "2")).items()}
 
 
 # ----------------------------------------------------------------------------- sources
 def read_identities(path) -> dict:
-    """CelebA's identity annotation (``identity_CelebA.txt``: '<file> <identity>' per line, no header), or any
-    two-column text file in that format: {file name: identity}."""
-    ids = {}
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 2:
-                raise UserError(f"{path}:{lineno}: expected '<file> <identity>', got {line.strip()!r}")
-            ids[parts[0]] = parts[1]
-    return ids
+    """CelebA's identity annotation (``identity_CelebA.txt``, no header), or any two-column text file in that
+    format: {file name: identity}."""
+    return _read_table(path, "identity")
 
 
 def celeba_identity_file(root: Path) -> Path | None:

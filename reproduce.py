@@ -101,6 +101,7 @@ def build_parser():
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per stage event)")
     return p
 
+
 def settings(args) -> dict:
     """The preset, overridden by every flag the user gave."""
     s = dict(PRESETS["quick" if args.quick else "full"])
@@ -234,7 +235,7 @@ def public_pretraining(s: dict, out: Path, ndf: int) -> Stage:
         argv = [a if a != str(s["data_root"]) else str(s["public_root"]) for a in common_argv(s)
                 if a != "--random-split"]
         argv += ["--ngf", "32", "--ndf", str(ndf), "--epochs", "20", "--exclude-from", str(s["data_root"])]
-        cost = 1.6  # 20 epochs of the 9,7k public images: 1.6 study budgets
+        cost = 1.6  # 20 epochs of the 9.7k public images: 1.6 study budgets
     return Stage(f"public pretraining (ndf {ndf})", "training", "train_dcgan:train", argv + ["--out", str(run)],
                  cost=cost)
 

@@ -133,7 +133,8 @@ def warm_start(G, D, args, model_cfg: dict, private: bool) -> dict:
     here = _root(args.data, args.data_root)
     same = args.data == "digits" == a.get("data") or _same_path(_root(a.get("data"), a.get("data_root")), here)
     disjoint = bool(a.get("exclude_from")) and _same_path(a.get("exclude_from"), here)
-    excluded = read_json(src / "config.json").get("dedup", {}) if src.is_dir() and (src / "config.json").is_file() else {}
+    source_config = src / "config.json" if src.is_dir() else src.parent / "config.json"
+    excluded = read_json(source_config).get("dedup", {}) if source_config.is_file() else {}
     by_person = disjoint and excluded.get("excluded_by_identity") is not None  # identity labels on both sides
     # --skip-subset M there, --train-size N here with the same pool and order: the source never saw this run's
     # draw (N, or 2N coin candidates, <= M); the source had no canaries or audit canaries (held-out images) and

@@ -327,17 +327,17 @@ def train(args, privacy=None) -> dict:
         for epoch in range(state.epoch, args.epochs):
             if state.step >= total_steps:
                 break
-            state.epoch, start_k = epoch, state.step_in_epoch
-            log.epoch_start(epoch, min(steps_per_epoch, total_steps - state.step + start_k), start_k)
-            for k, idx in enumerate(privacy.batches(gan.epoch_generator(args.seed, epoch), td.n, steps_per_epoch)):
-                if k < start_k:
+            state.epoch, start_b = epoch, state.step_in_epoch  # b: the batch's number in the epoch
+            log.epoch_start(epoch, min(steps_per_epoch, total_steps - state.step + start_b), start_b)
+            for b, idx in enumerate(privacy.batches(gan.epoch_generator(args.seed, epoch), td.n, steps_per_epoch)):
+                if b < start_b:
                     continue  # resumed mid-epoch: these batches were already used
                 if state.step >= total_steps:
                     break
                 run.threads.refresh()
                 idx = idx[run.rank::run.world]  # this rank's share of the (global) batch
                 rec = train_step(state, privacy, train_u8[idx.to(run.device)], args, run, g_batch)
-                state.step_in_epoch, real_seen = k + 1, real_seen + len(idx)
+                state.step_in_epoch, real_seen = b + 1, real_seen + len(idx)
                 eps = privacy.epsilon(state.step, final=state.step == total_steps)
                 if eps is not None:
                     rec["epsilon"] = eps

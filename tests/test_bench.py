@@ -44,3 +44,9 @@ def test_profile_job_times_every_phase_of_the_dp_step():
     assert set(r["norms_ms"]) == {"main.0", "main.2", "main.5", "main.8"}  # D's four convolutions
     assert {"non_private_step", "forward_backward_weight_grads", "clipper", "dp_step"} <= set(r["ms"])
     assert all(v > 0 for v in r["ms"].values()) and r["matmul_gmacs"] > 0 and r["conv_gmacs"] > 0
+
+
+def test_inception_job_times_batch_sizes_torch_fidelity_and_bf16(inception_weights):
+    r = bench.job_inception(str(inception_weights), 8, "cpu", 1)
+    assert set(r["ours_images_per_s_by_batch"]) == {"32", "64", "128"} and r["torch_fidelity_images_per_s"] > 0
+    assert r["max_abs_feature_diff"] < 1e-3 < r["bf16_max_abs_feature_diff"]  # fp32 exact, bf16 not

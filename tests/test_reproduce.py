@@ -168,7 +168,8 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys, monkeypatch):
 def test_warm_pair_shares_start_and_budget_each_with_its_scripts_recipe(tmp_path):
     s = reproduce.settings(reproduce.build_parser().parse_args(["--data-root", str(tmp_path), "--train-sizes",
                                                                 "1000,250"]))
-    plan = {name: (script, argv) for _, name, script, argv in reproduce.model_plan(s, tmp_path, public=tmp_path / "pub")}
+    plan = {name: (script, argv)
+            for _, name, script, argv in reproduce.model_plan(s, tmp_path, public=tmp_path / "pub")}
     assert [name for name in plan if name.endswith("-warm")] == [f"n{n}-{m}-warm" for n in (1000, 250)
                                                                   for m in ("non-private", "dp-eps8", "dp-eps1")]
     (np_script, npv), (dp_script, dp) = plan["n250-non-private-warm"], plan["n250-dp-eps8-warm"]
