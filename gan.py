@@ -88,16 +88,59 @@ def augment(x: torch.Tensor, ops: str) -> torch.Tensor:
     return x.contiguous()
 
 
-def g_step(G, D, optG, privacy, batch: int, nz: int, device, mode_seeking: float = 0.0, augment_ops: str = ""):
+class MemorizationRejection:
+    """Memorization rejection (Bai, Hsieh, Kan & Lin 2022, MRGAN): each G step drops the generated samples whose
+    nearest training image lies within ``tau`` from G's adversarial loss, so G is not pulled towards copies. The
+    distance is 1 − |Pearson correlation| of the grayscale pixels (the near-duplicate measure of data.py: 0 for a
+    copy, up to 1); MRGAN uses 1 − |cos| of Inception features, which costs a 299 px Inception pass per sample and
+    G step, far too slow on a CPU. It reads the training set at every G step: a non-private defence."""
+
+    def __init__(self, train_u8: torch.Tensor, tau: float):
+        self.ref, self.tau = self.embed(train_u8), float(tau)
+        self.last_rate, self.steps, self.rejected = 0.0, 0, 0.0
+
+    @staticmethod
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        """uint8 or [-1, 1] images -> grayscale pixel rows, centred and of unit norm (their dot product is r)."""
+        x = x.float()
+        if x.shape[1] == 3:  # ITU-R 601 luma, as PIL's "L"
+            x = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        v = x.flatten(1)
+        v = v - v.mean(1, keepdim=True)
+        return v / v.norm(dim=1, keepdim=True).clamp_min(1e-6)
+
+    def distances(self, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+        """Each image's distance to its nearest training image."""
+        q = self.embed(x).to(self.ref.device)
+        best = torch.cat([(q @ self.ref[j:j + chunk].T).abs().max(1, keepdim=True).values
+                          for j in range(0, len(self.ref), chunk)], 1).max(1).values
+        return (1 - best).clamp_min(0)
+
+    def keep(self, x: torch.Tensor) -> torch.Tensor:
+        """Which samples stay in G's loss (nearest training image farther than tau); counts the rejection rate."""
+        with torch.no_grad():
+            keep = self.distances(x) > self.tau
+        self.last_rate = 1 - keep.float().mean().item()
+        self.steps, self.rejected = self.steps + 1, self.rejected + self.last_rate
+        return keep
+
+
+def g_step(G, D, optG, privacy, batch: int, nz: int, device, mode_seeking: float = 0.0, augment_ops: str = "",
+           reject: MemorizationRejection | None = None):
     """One generator step against the frozen D; returns (G's adversarial loss, D's accuracy on these fresh fakes).
     With ``mode_seeking`` > 0, G's loss also gets the mode-seeking term of Mao et al. (2019) over the two halves of
     the batch: penalising samples that stay alike when their noise differs counters mode collapse. D sees the
-    fakes through ``augment_ops``. Reads no real data."""
+    fakes through ``augment_ops``. Reads no real data, unless ``reject`` (memorization rejection) drops the samples
+    nearest the training images from the adversarial loss."""
     with privacy.frozen(D):
         z = torch.randn(batch, nz, device=device)
         x = G(z)
         out = D(augment(x, augment_ops))
-        loss = F.binary_cross_entropy_with_logits(out, torch.ones_like(out))
+        if reject is None:
+            loss = F.binary_cross_entropy_with_logits(out, torch.ones_like(out))
+        else:  # the mean over the kept samples, as MRGAN; none kept: no adversarial gradient this step
+            kept = out[reject.keep(x.detach())]
+            loss = F.binary_cross_entropy_with_logits(kept, torch.ones_like(kept)) if len(kept) else out.sum() * 0
         total = loss
         if mode_seeking and batch >= 2:
             h = batch // 2

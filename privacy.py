@@ -248,6 +248,9 @@ class DPSGD:
             raise UserError(f"--max-grad-norm must be > 0, got {args.max_grad_norm}")
         if args.max_physical_batch_size is not None and args.max_physical_batch_size <= 0:
             raise UserError("--max-physical-batch-size must be positive")
+        if getattr(args, "memorization_rejection", None) is not None or getattr(args, "mr_quantile", None) is not None:
+            raise UserError("memorization rejection reads the training set at every G step, so G's steps would not be "
+                            "post-processing and ε would not hold; use it with train_dcgan.py")
         if args.clipping != "flat" and args.grad_sample_mode != "ghost":
             raise UserError(f"--clipping {args.clipping} needs --grad-sample-mode ghost (the Opacus modes clip flat); "
                             "drop --grad-sample-mode or use --clipping flat")

@@ -114,6 +114,13 @@ def build_parser(prog="train_dcgan.py", description=None, defaults=None) -> argp
                    help="start G and D from another run's weights (not its optimizers or privacy ledger), e.g. a "
                         "non-private pretraining on public data")
     g.add_argument("--seed", type=int, default=0, help="seed of the weights, batch order, noise and samples")
+    g = p.add_argument_group("memorization rejection (a non-private defence: it reads the training set every G step)")
+    g.add_argument("--memorization-rejection", type=float, default=None, metavar="TAU",
+                   help="drop from G's loss every sample whose nearest training image is within TAU, in 1 - |Pearson r| "
+                        "of the grayscale pixels (Bai et al. 2022, MRGAN); the rejection rate is logged per step")
+    g.add_argument("--mr-quantile", type=float, default=None, metavar="Q",
+                   help="instead of TAU: the Q-quantile of the held-out val images' distances to their nearest training "
+                        "image (config.json records those quantiles)")
     g = p.add_argument_group("canaries (memorization audit, see audit.py)")
     g.add_argument("--canaries", type=int, default=0, metavar="K",
                    help="insert K held-out images per repeat count into the training set")
@@ -192,6 +199,12 @@ def check_args(args) -> None:
         raise UserError(f"--g-batch-size must be positive, got {args.g_batch_size}")
     if args.coin_subset and args.train_size is None:
         raise UserError("--coin-subset needs --train-size N (it draws 2N candidates)")
+    if args.memorization_rejection is not None and args.mr_quantile is not None:
+        raise UserError("give --memorization-rejection TAU or --mr-quantile Q, not both")
+    if args.memorization_rejection is not None and not 0 < args.memorization_rejection < 1:
+        raise UserError(f"--memorization-rejection is a distance in (0, 1), got {args.memorization_rejection}")
+    if args.mr_quantile is not None and not 0 < args.mr_quantile < 1:
+        raise UserError(f"--mr-quantile must be in (0, 1), got {args.mr_quantile}")
 
 
 # ----------------------------------------------------------------------------- the training state
@@ -206,6 +219,7 @@ class TrainState:
     optG: torch.optim.Optimizer
     optD: torch.optim.Optimizer
     sched: gan.DStepSchedule
+    reject: gan.MemorizationRejection | None = None  # --memorization-rejection (rebuilt on resume, not saved)
     step: int = 0  # D steps taken
     g_steps: int = 0
     epoch: int = 0
@@ -264,6 +278,25 @@ def build_state(args, run, td, privacy, plan: dict):
     return state, warm, d_trained
 
 
+def memorization_rejection(args, td, device):
+    """--memorization-rejection TAU or --mr-quantile Q: (the rejection, its record for config.json) or (None, None).
+    The reference: the held-out val images (minus inserted ones) and their distance to the nearest training image."""
+    if args.memorization_rejection is None and args.mr_quantile is None:
+        return None, None
+    reject = gan.MemorizationRejection(td.imgs.images[torch.unique(td.index)].to(device), args.memorization_rejection or 0)
+    val = td.imgs.splits.get("val", torch.zeros(0, dtype=torch.long))
+    val = val[~torch.isin(val, td.special())]
+    ref = reject.distances(td.imgs.images[val].to(device)).cpu() if len(val) else torch.zeros(0)
+    if args.mr_quantile is not None:
+        if len(ref) < 10:
+            raise UserError(f"--mr-quantile needs held-out val images to calibrate on; {td.imgs.source} has {len(ref)}")
+        reject.tau = float(torch.quantile(ref, args.mr_quantile))
+    return reject, {"tau": reject.tau, "quantile": args.mr_quantile, "space": "1 - |Pearson r| of grayscale pixels",
+                    "reference": f"{len(ref)} held-out val images, distance to their nearest training image",
+                    "reference_quantiles": {str(q): float(torch.quantile(ref, q)) for q in (0.001, 0.01, 0.05, 0.1,
+                                                                                          0.25, 0.5)} if len(ref) else {}}
+
+
 def train_step(state: TrainState, privacy, real_u8, args, run, g_batch: int) -> dict:
     """One D step on this batch of real images (the only read of real data) and, when K D steps are done, the G
     steps (fresh noise, no real data). Returns the step's log record."""
@@ -278,7 +311,7 @@ def train_step(state: TrainState, privacy, real_u8, args, run, g_batch: int) -> 
     if state.sched.d_step_done():
         for _ in range(args.g_steps):
             loss_g, acc = gan.g_step(state.G, state.D, state.optG, privacy, g_batch, args.nz, run.device,
-                                     args.mode_seeking, args.augment)
+                                     args.mode_seeking, args.augment, state.reject)
             if state.G_ema is not None:
                 gan.ema_update(state.G_ema, state.G, args.ema_decay, state.g_steps, args.ema_warmup)
             state.g_steps += 1
@@ -286,6 +319,8 @@ def train_step(state: TrainState, privacy, real_u8, args, run, g_batch: int) -> 
             acc = sum(all_gather(acc)) / run.world
         state.sched.g_step_done(acc)  # D's accuracy on the fresh fakes of the last G step
         rec.update(g_step=state.g_steps, loss_g=loss_g, acc_fake=acc, acc_fake_ema=state.sched.acc_ema)
+        if state.reject is not None:
+            rec["mr_rejected"] = state.reject.last_rate  # the share of the last G step's samples left out
     return rec
 
 
@@ -303,12 +338,15 @@ def train(args, privacy=None) -> dict:
     total_steps = min(args.epochs * steps_per_epoch, args.max_steps or math.inf)
     plan = {"steps_per_epoch": steps_per_epoch, "total_steps": total_steps}
     state, warm, d_trained = build_state(args, run, td, privacy, plan)
+    state.reject, rejection = memorization_rejection(args, td, run.device)
     g_batch = math.ceil((args.g_batch_size or args.batch_size) / run.world)  # G's fixed batch, split over ranks
     model_cfg = model_config(args)
     config = {"args": vars(args), "device": str(run.device), "versions": versions(), "data": td.imgs.source,
               **td.describe(), **plan, "private": privacy.private, "world_size": run.world, "init_from": warm}
     if privacy.private:
         config["privacy"] = privacy.describe()
+    if rejection is not None:
+        config["memorization_rejection"] = rejection
     if td.canaries is not None:
         config["canaries"] = {"count": len(td.canaries["indices"]), "copies": sum(td.canaries["repeats"]),
                               "split": td.canaries["split"]}

@@ -9,7 +9,7 @@ import privacy
 import runs
 import train_dcgan
 from conftest import tiny_args
-from models import load_generator
+from models import build_models, load_generator
 from training_set import TrainingData
 
 
@@ -377,3 +377,47 @@ def test_augment_changes_training_and_is_what_d_sees(tmp_path, monkeypatch):
     _run(tmp_path / "plain", "--max-steps", "2")
     a, b = _weights(tmp_path / "aug")[1], _weights(tmp_path / "plain")[1]
     assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------- memorization rejection
+def test_memorization_rejection_removes_a_planted_training_image_from_g_loss():
+    """A 'generator' whose output holds an exact copy of a training image (and a brightened copy: the same
+    correlation) next to fresh images: those copies get no gradient from G's adversarial loss, the others do;
+    without rejection every sample does."""
+    torch.manual_seed(0)
+    train_u8 = torch.randint(0, 256, (20, 1, 32, 32), dtype=torch.uint8)
+    planted = train_u8[7].float() / 127.5 - 1
+
+    class Fixed(torch.nn.Module):  # ignores z: its "samples" are parameters, so their gradients show who counts
+        def __init__(self):
+            super().__init__()
+            self.x = torch.nn.Parameter(torch.cat([planted[None], (planted[None] * 0.5 + 0.2),
+                                                   torch.rand(6, 1, 32, 32) * 2 - 1]))
+
+        def forward(self, z):
+            return self.x
+
+    _, D = build_models(8, 8, 8, 1, 32)
+    reject = gan.MemorizationRejection(train_u8, tau=0.05)
+    assert reject.distances(torch.stack([planted, planted * 0.5 + 0.2])).max() < 1e-5  # copies: distance 0
+    for rej, removed in ((reject, {0, 1}), (None, set())):
+        G = Fixed()
+        gan.g_step(G, D, torch.optim.SGD(G.parameters(), lr=0.0), privacy.NonPrivate(), 8, 4, "cpu", reject=rej)
+        zero = {i for i in range(8) if G.x.grad[i].abs().max() == 0}
+        assert zero == removed
+    assert reject.last_rate == 0.25 and reject.steps == 1
+
+
+def test_memorization_rejection_calibrates_tau_from_held_out_images_and_logs_the_rate(tmp_path, capsys):
+    res = _run(tmp_path / "mr", "--max-steps", "3", "--mr-quantile", "0.5")
+    cfg = json.loads((tmp_path / "mr" / "config.json").read_text())["memorization_rejection"]
+    assert cfg["quantile"] == 0.5 and cfg["tau"] == pytest.approx(cfg["reference_quantiles"]["0.5"])
+    assert 0 < cfg["tau"] < 1 and "val images" in cfg["reference"]
+    rates = [r["mr_rejected"] for r in _log(tmp_path / "mr") if r["kind"] == "step"]
+    assert len(rates) == 3 and all(0 <= r <= 1 for r in rates)
+    assert res["memorization_rejection"]["rejected_mean"] == pytest.approx(sum(rates) / 3)
+    import train_dcgan_dp
+
+    with pytest.raises(SystemExit) as e:  # it reads the training set every G step: not DP
+        train_dcgan_dp.main(tiny_args(tmp_path / "dp", "--memorization-rejection", "0.1"))
+    assert e.value.code == 2 and "not be post-processing" in capsys.readouterr().err
