@@ -260,6 +260,35 @@ def job_memorization(n_gen: int, n_train: int, device: str, threads: int) -> dic
             "peak_extra_mb": _mem_extra(device, start)}
 
 
+def job_metrics(n_gen: int, n_train: int, threads: int) -> dict:
+    """FID and KID of n_gen vs n_train synthetic 2048-d features, as metrics.py computes them and by the textbook
+    route (FID from the two covariances; KID from each subset's own kernel products): seconds and both values."""
+    import metrics
+    from utils import Threads
+
+    Threads(threads)  # torch's and numpy's BLAS threads
+    rng = np.random.default_rng(0)
+    gen, train = (rng.standard_normal((n, 2048)).astype(np.float32) for n in (n_gen, n_train))
+
+    def kid_per_subset(f1, f2, subsets=100, m=1000, seed=0):
+        f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
+        m, r, vals = min(m, len(f1), len(f2)), np.random.default_rng(seed), []
+        for _ in range(subsets):
+            x, y = f1[r.choice(len(f1), m, replace=False)], f2[r.choice(len(f2), m, replace=False)]
+            kxx, kyy, kxy = ((a @ b.T / 2048 + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+            vals.append((kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean())
+        return float(np.mean(vals))
+    out = {"n_gen": n_gen, "n_train": n_train, "threads": threads}
+    for name, fn in (("fid", lambda: metrics.fid(gen, train)),
+                     ("fid_covariances", lambda: metrics.frechet_distance(*metrics.feature_stats(gen),
+                                                                          *metrics.feature_stats(train))),
+                     ("kid", lambda: metrics.kid(train, gen)[0]), ("kid_per_subset", lambda: kid_per_subset(train, gen))):
+        t = time.perf_counter()
+        out[name] = fn()
+        out[f"{name}_s"] = time.perf_counter() - t
+    return out
+
+
 def job_data(data: str, root, batch: int, iters: int, threads: int, cache_dir=None) -> dict:
     """Loading the decoded set from the cache, and serving training batches (index + to [-1, 1])."""
     torch.set_num_threads(threads)
@@ -311,8 +340,9 @@ def isolated(fn, *args):
 def build_parser():
     p = Parser(prog="bench.py", description=__doc__.split("\n")[0], epilog=__doc__)
     p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repetitions")
-    p.add_argument("--only", default="dstep,profile,trainstep,threads,inception,memorization,data",
-                   help="comma-separated subset of: dstep, profile, trainstep, threads, inception, memorization, data")
+    p.add_argument("--only", default="dstep,profile,trainstep,threads,inception,memorization,metrics,data",
+                   help="comma-separated subset of: dstep, profile, trainstep, threads, inception, memorization, "
+                        "metrics, data")
     p.add_argument("--batch-size", type=int, default=128, help="D-step batch (pairs of real + fake)")
     p.add_argument("--iters", type=int, default=None, help="timed repetitions (default 10, --quick 3)")
     p.add_argument("--data", default="celeba" if os.environ.get("CELEBA_ROOT") else "digits",
@@ -400,6 +430,12 @@ def bench(args) -> dict:
             rows.append(isolated(job_memorization, 10000, n, device, args.threads))
             print(f"memorization 10k x {n // 1000}k: {rows[-1]['sec']:.1f} s, peak +{rows[-1]['peak_extra_mb']} MB")
         res["memorization"] = rows
+    if "metrics" in only:
+        r = isolated(job_metrics, 1000, 2328 if not args.quick else 1200, args.threads)
+        print(f"metrics, {r['n_gen']} vs {r['n_train']} features: FID {r['fid_s']:.2f} s (covariance route "
+              f"{r['fid_covariances_s']:.2f} s, same value to {abs(r['fid'] / r['fid_covariances'] - 1):.1e}); KID "
+              f"{r['kid_s']:.2f} s (per-subset products {r['kid_per_subset_s']:.2f} s)")
+        res["metrics"] = r
     if "data" in only:
         r = isolated(job_data, args.data, args.data_root, args.batch_size, iters * 10, args.threads)
         if "d_step" in res:

@@ -529,8 +529,8 @@ def headline(study: Path, dst: Path) -> int:
     rows = [r for r in res["rows"] if r.get("seed", 0) == res["settings"]["seed"]]
     n0 = min(r["size"] for r in rows)
     pyplot = plt()
-    fig = pyplot.figure(figsize=(12, 3.6))
-    grid = fig.add_gridspec(1, 5, width_ratios=[1, 1, 1, 1.5, 1.5])
+    fig = pyplot.figure(figsize=(12, 4.4))
+    grid = fig.add_gridspec(1, 5, width_ratios=[1, 1, 1, 1.25, 1.25], wspace=0.25)
     shown = [(f"n{n0}-non-private", "non-private"), (f"n{n0}-dp-eps8", "DP ε = 8, from scratch"),
              (f"n{n0}-dp-eps8-warm", "DP ε = 8, public warm start")]
     for i, (name, title) in enumerate(shown):
@@ -540,24 +540,27 @@ def headline(study: Path, dst: Path) -> int:
             g = make_grid(load_npz(study / "runs" / name / "samples.npz")[:36].float() / 255, nrow=6, padding=1,
                           pad_value=1.0)
             ax.imshow(g.permute(1, 2, 0).numpy().squeeze(), cmap="gray")
-        ax.set_title(f"{title}\nN = {n0}", fontsize=9)
+        ax.set_title(f"{title}\nN = {n0} training images", fontsize=9)
+    sizes = sorted({r["size"] for r in rows})
+    groups = {}
+    for r in rows:
+        groups.setdefault(_eps_label(r), []).append(r)
     for j, (key, label) in enumerate((("mia_auc_white", "white-box membership AUC"),
                                       ("epsilon_lb_one_run", "one-run ε lower bound (95%)"))):
         ax = fig.add_subplot(grid[0, 3 + j])
-        groups = {}
-        for r in rows:
-            groups.setdefault(_eps_label(r), []).append(r)
         for k, (lab, rs) in enumerate(groups.items()):
             rs = sorted(rs, key=lambda r: r["size"])
             ax.plot([r["size"] for r in rs], [r.get(key) for r in rs], "o-", color=f"C{k}", label=lab, ms=4)
         if key == "mia_auc_white":
             ax.axhline(0.5, color="k", ls=":", lw=1, label="chance")
         ax.set_xscale("log")
+        ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+        ax.minorticks_off()
         ax.set_xlabel("training images N")
         ax.set_title(label, fontsize=9)
-        if j == 1:
-            ax.legend(fontsize=6, loc="upper right")
-    fig.tight_layout()
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.88, bottom=0.3)
     fig.savefig(dst, dpi=90)
     pyplot.close(fig)
     return small_png(dst, dst)

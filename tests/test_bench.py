@@ -1,6 +1,8 @@
 """bench.py's plumbing at tiny sizes (benchmarks assert no timings)."""
 import json
 
+import pytest
+
 import bench
 
 
@@ -50,3 +52,9 @@ def test_inception_job_times_batch_sizes_torch_fidelity_and_bf16(inception_weigh
     r = bench.job_inception(str(inception_weights), 8, "cpu", 1)
     assert set(r["ours_images_per_s_by_batch"]) == {"32", "64", "128"} and r["torch_fidelity_images_per_s"] > 0
     assert r["max_abs_feature_diff"] < 1e-3 < r["bf16_max_abs_feature_diff"]  # fp32 exact, bf16 not
+
+
+def test_metrics_job_times_both_routes_to_the_same_numbers():
+    r = bench.job_metrics(60, 90, 1)
+    assert r["fid"] == pytest.approx(r["fid_covariances"], rel=1e-6)
+    assert r["kid"] == pytest.approx(r["kid_per_subset"], rel=1e-9) and r["kid_s"] > 0
