@@ -242,20 +242,27 @@ def seeded_split(n: int, seed: int = 0, val_frac: float = 0.1, test_frac: float 
     return {s: torch.nonzero(lab == i).flatten() for i, s in enumerate(("test", "val", "train"))}
 
 
+def pixel_rows(images: torch.Tensor, size: int | None = None) -> torch.Tensor:
+    """Images (uint8, or floats in any range) as grayscale pixel rows, centred and of unit norm, so that the dot
+    product of two rows is their Pearson correlation; ``size``: average-pooled to size x size first. A flat image is
+    a zero row, near nothing."""
+    x = images.float()
+    if x.shape[1] == 3:  # ITU-R 601 luma, as PIL's "L"
+        x = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    if size is not None and x.shape[-1] != size:
+        x = torch.nn.functional.adaptive_avg_pool2d(x, size)
+    v = x.flatten(1)
+    v = v - v.mean(1, keepdim=True)
+    return v / v.norm(dim=1, keepdim=True).clamp_min(1e-6)
+
+
 def near_duplicate_groups(images: torch.Tensor, threshold: float = DEDUP_THRESHOLD, chunk: int = 4096):
     """Group id per image (the smallest index of its group): connected components of the graph linking images
     whose 32x32 grayscale versions have Pearson correlation >= threshold. Chunked: memory O(chunk x N)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    x = images.float()
-    if x.shape[1] == 3:  # ITU-R 601 luma, as PIL's "L"
-        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    if x.shape[-1] != 32:
-        x = torch.nn.functional.adaptive_avg_pool2d(x, 32)
-    v = x.flatten(1)
-    v = v - v.mean(1, keepdim=True)
-    v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-6)  # flat images: zero vector, never linked
+    v = pixel_rows(images, 32)
     rows, cols = [], []
     for i in range(0, len(v), chunk):
         c = v[i:i + chunk] @ v.T
@@ -322,23 +329,29 @@ def celeba_identity_file(root: Path) -> Path | None:
     return None
 
 
-def _identities(names, identity_file) -> tuple:
-    """Person id per image from an identity file (images it does not list are their own person); (ids, path)."""
+def _identity_table(identity_file) -> tuple:
+    """(the identity file's {file name: person}, its resolved path), or (None, None) without one."""
     if identity_file is None:
         return None, None
     path = Path(identity_file).expanduser()
     if not path.is_file():
         raise UserError(f"--identity-file {path} does not exist; give a two-column '<file> <identity>' text file")
-    table = read_identities(path)
+    return read_identities(path), str(path.resolve())
+
+
+def _identities(names, table, path) -> torch.Tensor | None:
+    """Person id per image from an identity table (images it does not list are their own person)."""
+    if table is None:
+        return None
     labels = [table.get(Path(n).name) for n in names]
     missing = sum(x is None for x in labels)
     if missing == len(names):
         raise UserError(f"none of the {len(names)} images is listed in {path}; is it the identity file of this data?")
     if missing:
-        print(f"warning: {missing} image(s) are not in {path.name}; each counts as a person of its own",
+        print(f"warning: {missing} image(s) are not in {Path(path).name}; each counts as a person of its own",
               file=sys.stderr)
     labels = [x if x is not None else f"\0{i}" for i, x in enumerate(labels)]
-    return torch.from_numpy(np.unique(labels, return_inverse=True)[1].astype(np.int64)), str(path.resolve())
+    return torch.from_numpy(np.unique(labels, return_inverse=True)[1].astype(np.int64))
 
 
 def merge_groups(*labelings) -> torch.Tensor:
@@ -376,11 +389,11 @@ def find_celeba(root: Path):
                     "point --data-root at the folder that holds img_align_celeba/ and list_eval_partition.txt")
 
 
-def _exclude(files, base: Path, exclude_from, identity_file=None):
+def _exclude(files, base: Path, exclude_from, identities=(None, None)):
     """Drop files whose name also appears under ``exclude_from`` (a CelebA root or an image folder) and, when both
-    sides have identity labels (this source's ``identity_file``, and identity_CelebA.txt beside ROOT's partition
-    file), every file showing a person who appears under ROOT: public data disjoint from a private set by photo
-    and by person."""
+    sides have identity labels (this source's ``identities`` = (table, path), and identity_CelebA.txt beside ROOT's
+    partition file), every file showing a person who appears under ROOT: public data disjoint from a private set by
+    photo and by person."""
     if not exclude_from:
         return files, None
     other = Path(exclude_from).expanduser()
@@ -395,12 +408,13 @@ def _exclude(files, base: Path, exclude_from, identity_file=None):
     kept = [p for p in files if p.name not in names]
     report = {"exclude_from": str(other_dir.resolve()), "excluded": len(files) - len(kept)}
     other_ids = celeba_identity_file(other) if other_dir != other else None
-    if identity_file is not None and other_ids is not None:
-        here, there = read_identities(identity_file), read_identities(other_ids)
+    here, here_path = identities
+    if here is not None and other_ids is not None:
+        there = read_identities(other_ids)
         people = {there[n] for n in names if n in there}
         by_person = [p for p in kept if here.get(p.name) not in people]
         report.update(excluded_by_identity=len(kept) - len(by_person), identities_excluded=len(people),
-                      identity_files=[str(Path(identity_file).resolve()), str(other_ids.resolve())])
+                      identity_files=[here_path, str(other_ids.resolve())])
         kept = by_person
     else:
         report["excluded_by_identity"] = None  # not checkable: a side has no identity labels
@@ -427,13 +441,14 @@ def _load_photos(folder: Path, kind: str, image_size, channels, cache_dir, progr
     files = _list_images(folder)
     if not files:
         raise UserError(f"{folder} holds no images (looked recursively for {', '.join(sorted(IMG_EXTS))})")
-    files, excl = _exclude(files, folder, exclude_from, identity_file)
+    table, id_path = _identity_table(identity_file)
+    files, excl = _exclude(files, folder, exclude_from, (table, id_path))
     images, names, skipped, key = _cached_decode(files, folder, image_size, channels, cache_dir, kind, progress)
     _warn_skipped(skipped, len(files))
     groups, report = _groups(images, dedup, cache_dir, key)
     if excl:
         report.update(excl)
-    return images, names, skipped, key, groups, report, _identities(names, identity_file)
+    return images, names, skipped, key, groups, report, (_identities(names, table, id_path), id_path)
 
 
 def _split_groups(groups, identities, split_unit: str):

@@ -101,13 +101,8 @@ class MemorizationRejection:
 
     @staticmethod
     def embed(x: torch.Tensor) -> torch.Tensor:
-        """uint8 or [-1, 1] images -> grayscale pixel rows, centred and of unit norm (their dot product is r)."""
-        x = x.float()
-        if x.shape[1] == 3:  # ITU-R 601 luma, as PIL's "L"
-            x = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
-        v = x.flatten(1)
-        v = v - v.mean(1, keepdim=True)
-        return v / v.norm(dim=1, keepdim=True).clamp_min(1e-6)
+        """uint8 or [-1, 1] images -> centred unit grayscale pixel rows (their dot product is r)."""
+        return data_mod.pixel_rows(x)
 
     def distances(self, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
         """Each image's distance to its nearest training image."""

@@ -25,7 +25,7 @@ from typing import Protocol
 import torch
 
 import gan
-from utils import UserError, broadcast_params, dist_world
+from utils import UserError, average_grads, broadcast_params, dist_world
 
 # Opacus' RDP analysis warns when the best order is the largest one tried: the bound is then only looser
 # (conservative), never optimistic, so the warning carries no risk for the reported epsilon.
@@ -82,8 +82,6 @@ class NonPrivate:
         optD.zero_grad(set_to_none=True)
         stats = gan.d_forward_backward(D, real, fake) if len(real) else (float("nan"),) * 3
         if dist_world()[1] > 1:
-            from utils import average_grads
-
             average_grads(D)  # an empty shard contributes zero gradients
         optD.step()
         return stats

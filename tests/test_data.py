@@ -258,6 +258,9 @@ def test_identity_labels_are_read_and_reported(tmp_path, capsys):
     bad.write_text("000001.jpg\n")
     with pytest.raises(UserError, match="bad.txt:1: expected '<file> <identity>'"):
         data.load_images("celeba", tmp_path, image_size=32, cache_dir=None, identity_file=bad)
+    with pytest.raises(UserError, match="--identity-file .*nope.txt does not exist"):  # also beside --exclude-from
+        data.load_images("celeba", tmp_path, image_size=32, cache_dir=None, identity_file=tmp_path / "nope.txt",
+                         exclude_from=tmp_path)
 
 
 def test_split_by_identity_keeps_every_person_on_one_side(tmp_path):
@@ -301,7 +304,7 @@ def test_shared_public_pretraining_set_shares_no_person_with_the_private_subset(
     table = data.read_identities(celeba_root / "identity_CelebA.txt")
     private = {table[p.name] for p in (celeba_root / "img_align_celeba").glob("*.jpg")}
     names = data._exclude(data._list_images(Path(public) / "img_align_celeba"), Path(public), celeba_root,
-                          Path(public) / "identity_CelebA.txt")
+                          data._identity_table(Path(public) / "identity_CelebA.txt"))
     kept, report = names
     assert not {table[p.name] for p in kept} & private
     assert report["identities_excluded"] == 200 and report["excluded"] == 277 and report["excluded_by_identity"] == 0
