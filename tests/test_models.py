@@ -36,3 +36,41 @@ def test_per_sample_independence():
 def test_unsupported_size():
     with pytest.raises(ValueError, match="image_size"):
         build_models(image_size=48)
+
+
+@pytest.mark.parametrize("cin,cout,k,stride,pad,hw,bias", [
+    (16, 8, 4, 1, 0, 1, False),   # the generator's first layer (z as a 1 x 1 image)
+    (8, 1, 4, 2, 1, 8, False),    # its last layer, gray
+    (8, 3, 4, 2, 1, 16, True),    # RGB, with a bias
+    (5, 4, 3, 2, 1, 7, False),    # an odd size (not used, the definition still holds)
+])
+def test_matmul_conv_transpose_equals_library(cin, cout, k, stride, pad, hw, bias):
+    """MatmulConvTranspose2d is nn.ConvTranspose2d: the same output, input gradient and weight/bias gradients from
+    the same parameters (the library's kernel is the reference)."""
+    from models import MatmulConvTranspose2d
+
+    torch.manual_seed(0)
+    ref = torch.nn.ConvTranspose2d(cin, cout, k, stride, pad, bias=bias).double()
+    ours = MatmulConvTranspose2d(cin, cout, k, stride, pad, bias=bias).double()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(6, cin, hw, hw, dtype=torch.float64, requires_grad=True)
+    y_ref, y = ref(x), ours(x)
+    assert y.shape == y_ref.shape
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    g = torch.randn_like(y)
+    grads_ref = torch.autograd.grad(y_ref, [x, *ref.parameters()], g)
+    grads = torch.autograd.grad(y, [x, *ours.parameters()], g)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_generator_state_dict_unchanged():
+    """Checkpoints written before the matmul layers load unchanged: the same keys and shapes as the layers of the
+    library."""
+    from models import Generator
+
+    G = Generator(nz=16, ngf=8)
+    assert [type(m).__name__ for m in G.main if "Conv" in type(m).__name__] == [
+        "MatmulConvTranspose2d", "ConvTranspose2d", "ConvTranspose2d", "MatmulConvTranspose2d"]
+    assert all(isinstance(m, torch.nn.ConvTranspose2d) for m in G.main if "Conv" in type(m).__name__)
+    assert {k: v.shape for k, v in G.state_dict().items()}["main.0.weight"] == (16, 32, 4, 4)
