@@ -36,6 +36,13 @@ members and non-members, and copies.png, the samples nearest a member relative t
 
 Writes audit.json, scores.npz (all attack scores), roc.png, copies.png and one_run.png to --out (default
 RUN/audit).
+
+--checkpoint FILE audits the models of one snapshot (train_dcgan.py --snapshot-every) or checkpoint of the run
+instead of its final ones. --over-training audits every snapshot in RUN/snapshots/ and the final checkpoint and
+scores each one's samples with evaluate_mifid.py (--fid-samples images, FID against the run's training set):
+over_training.json and over_training.png (memorization and FID against D steps) in --out (default
+RUN/audit-over-training), one folder per checkpoint. Early stopping as a defence: the checkpoint with the lowest
+FID whose white-box AUC is <= --stop-auc (choosing it reads the members' scores, so the choice is not private).
 """
 from __future__ import annotations
 
@@ -77,6 +84,18 @@ def build_parser():
     p.add_argument("--cache-dir", default=data_mod.DEFAULT_CACHE_DIR, help="decoded-image (and feature) cache")
     p.add_argument("--out", default=None, help="output folder (default RUN/audit)")
     p.add_argument("--seed", type=int, default=0, help="seed of the member / non-member / calibration subsets")
+    g = p.add_argument_group("checkpoints")
+    g.add_argument("--checkpoint", default=None, metavar="FILE",
+                   help="audit this snapshot or checkpoint of the run (its D and its G's EMA, else G) instead of the "
+                        "final models")
+    g.add_argument("--over-training", action="store_true",
+                   help="audit every snapshot in RUN/snapshots/ and the final checkpoint, each with its FID")
+    g.add_argument("--fid-samples", type=int, default=1000,
+                   help="with --over-training: samples per checkpoint scored by evaluate_mifid.py (0: no FID)")
+    g.add_argument("--max-real", type=int, default=None,
+                   help="with --over-training: at most this many real images in the FID (evaluate_mifid.py)")
+    g.add_argument("--stop-auc", type=float, default=0.6,
+                   help="early stopping: the lowest-FID checkpoint whose white-box AUC is at most this")
     return p
 
 
@@ -296,21 +315,29 @@ def pixel_copies(gen_u8: torch.Tensor, members_u8: torch.Tensor, nonmembers_u8: 
             "fraction_ratio_below_0.5": float((ratio < 0.5).mean())}
 
 
-def load_run(run: Path, data_root=None, cache_dir=None):
-    """(the run's TrainingData, rebuilt exactly as the run saw it, and its trained discriminator)."""
+def load_run(run: Path, data_root=None, cache_dir=None, checkpoint=None):
+    """(the run's TrainingData, rebuilt exactly as the run saw it, and its trained discriminator: the final one,
+    or ``checkpoint``'s)."""
     from models import load_discriminator
     from runs import run_training_data
 
     td = run_training_data(run, data_root, cache_dir)
-    if not (run / "ckpt.pt").is_file():
-        raise UserError(f"{run} has no ckpt.pt: the white-box attack needs the trained discriminator")
-    return td, load_discriminator(run / "ckpt.pt")
+    ckpt = Path(checkpoint) if checkpoint else run / "ckpt.pt"
+    if not ckpt.is_file():
+        raise UserError(f"{run} has no ckpt.pt: the white-box attack needs the trained discriminator" if not checkpoint
+                        else f"--checkpoint {checkpoint} does not exist")
+    return td, load_discriminator(ckpt)
 
 
-def generated_images(run: Path, n: int, device) -> tuple[torch.Tensor, str]:
+def generated_images(run: Path, n: int, device, checkpoint=None) -> tuple[torch.Tensor, str]:
     from gan import generate
     from models import load_generator
 
+    if checkpoint and n:
+        G, cfg = load_generator(checkpoint, device)
+        return generate(G, n, cfg["nz"], device, seed=4242).cpu(), f"{n} fresh samples of {checkpoint}"
+    if checkpoint:
+        raise UserError("--checkpoint needs --num-samples > 0 (a snapshot has no samples.npz)")
     if (run / "generator.pt").is_file() and n:
         G, cfg = load_generator(run / "generator.pt", device)
         return generate(G, n, cfg["nz"], device, seed=4242).cpu(), f"{n} fresh samples of generator.pt"
@@ -322,14 +349,21 @@ def generated_images(run: Path, n: int, device) -> tuple[torch.Tensor, str]:
 
 # ----------------------------------------------------------------------------- main
 def audit(args) -> dict:
+    if args.over_training:
+        return over_training(args)
     t0 = time.time()
     run = Path(args.run)
     device = pick_device(args.device)
     threads = Threads(args.threads)
-    td, D = load_run(run, args.data_root, args.cache_dir)
+    td, D = load_run(run, args.data_root, args.cache_dir, args.checkpoint)
     imgs, canaries, coins = td.imgs, td.canaries, td.coins
     results = read_json(run / "results.json") if (run / "results.json").is_file() else {}
     delta = args.delta if args.delta is not None else results.get("delta", 1e-6)
+    claimed = results.get("epsilon")
+    if args.checkpoint:  # a snapshot records the ε spent up to its step
+        from utils import safe_load
+
+        claimed = safe_load(args.checkpoint).get("epsilon", claimed)
 
     # never-trained pools exclude every inserted or coin-flipped image
     special = td.special()
@@ -359,7 +393,7 @@ def audit(args) -> dict:
 
     out = Path(args.out) if args.out else run / "audit"
     out.mkdir(parents=True, exist_ok=True)
-    gen_u8, gen_desc = generated_images(run, args.num_samples, device)
+    gen_u8, gen_desc = generated_images(run, args.num_samples, device, args.checkpoint)
     scores = {f"white_box_{k}": discriminator_scores(D, imgs.images[v], device, args.batch_size)
               for k, v in queries.items()}
     if args.space == "pixel":
@@ -408,9 +442,9 @@ def audit(args) -> dict:
                                       "min": float(e[reps == k].min()), "values": e[reps == k].round(3).tolist()}
                              for k in sorted(set(canaries["repeats"]))}
         attacks[att] = r
-    res = {"run": str(run), "data": imgs.source, "nonmember_split": args.nonmember_split,
+    res = {"run": str(run), "checkpoint": args.checkpoint, "data": imgs.source, "nonmember_split": args.nonmember_split,
            "black_box_space": args.space, "calibration_images": int(n_cal), "generated": gen_desc,
-           "claimed_epsilon": results.get("epsilon"), "delta": delta, "attacks": attacks, "copies": copies,
+           "claimed_epsilon": claimed, "delta": delta, "attacks": attacks, "copies": copies,
            "one_run_epsilon_lb": None if not coins else max(a["one_run"]["epsilon_lb"] for a in attacks.values()),
            "alpha": args.alpha,
            "canaries": None if not canaries else {"count": len(canaries["indices"]), "split": canaries["split"],
@@ -426,6 +460,103 @@ def audit(args) -> dict:
     print_summary(res)
     print(f"wrote {out / 'audit.json'}, scores.npz, roc.png, copies.png" + (", one_run.png" if coins else ""))
     return res
+
+
+# ----------------------------------------------------------------------------- memorization over training
+def checkpoints(run: Path) -> list:
+    """[(D step, file)]: every snapshot of RUN/snapshots/ and the final checkpoint (ckpt.pt), by step."""
+    from utils import safe_load
+
+    found = {int(f.stem[4:]): f for f in sorted((run / "snapshots").glob("step*.pt")) if f.stem[4:].isdigit()}
+    if (run / "ckpt.pt").is_file():
+        found.setdefault(int(safe_load(run / "ckpt.pt")["step"]), run / "ckpt.pt")
+    return sorted(found.items())
+
+
+def over_training(args) -> dict:
+    """Audit (and score) each checkpoint of the run; over_training.json/.png and the early-stopping choice."""
+    import argparse
+
+    import evaluate_mifid
+
+    t0, run = time.time(), Path(args.run)
+    if args.checkpoint:
+        raise UserError("give --checkpoint (one checkpoint) or --over-training (all of them), not both")
+    found = checkpoints(run)
+    if len(found) < 2:
+        raise UserError(f"{run} has {len(found)} checkpoint(s): train with --snapshot-every N to keep the models "
+                        "every N D steps")
+    out = Path(args.out) if args.out else run / "audit-over-training"
+    points = []
+    for step, f in found:
+        print(f"checkpoint {f.name} (D step {step})")
+        sub = out / f"step{step:07d}"
+        a = audit(argparse.Namespace(**{**vars(args), "over_training": False, "checkpoint": str(f), "out": str(sub)}))
+        point = {"step": step, "checkpoint": str(f), "auc_white": a["attacks"]["white_box"]["auc"],
+                 "auc_black": a["attacks"]["black_box"]["auc"],
+                 "auc_black_calibrated": a["attacks"].get("black_box_calibrated", {}).get("auc"),
+                 "epsilon_lb_one_run": a["one_run_epsilon_lb"], "copying_rate": a["copies"]["copying_rate"],
+                 "copying_p": a["copies"]["p_value"]}
+        if args.fid_samples:
+            argv = ["--gen", str(f), "--train-of", str(run), "--num-samples", str(args.fid_samples),
+                    "--device", args.device, "--threads", str(args.threads), "--cache-dir", args.cache_dir or "",
+                    "--seed", str(args.seed), "--out", str(sub / "eval"), "--no-progress"]
+            argv += ["--inception-weights", args.inception_weights] if args.inception_weights else []
+            argv += ["--max-real", str(args.max_real)] if args.max_real else []
+            if args.data_root:
+                argv += ["--data-root", args.data_root]
+            e = evaluate_mifid.evaluate(evaluate_mifid.build_parser().parse_args(argv))
+            point.update(fid_train=e["fid_train"], precision=e["precision"], recall=e["recall"],
+                         n_gen=e["n_gen"])
+        points.append(point)
+    ok = [p for p in points if p["auc_white"] <= args.stop_auc and "fid_train" in p]
+    stop = min(ok, key=lambda p: p["fid_train"]) if ok else None
+    res = {"run": str(run), "points": points, "fid_samples": args.fid_samples, "stop_auc": args.stop_auc,
+           "early_stopping": stop, "early_stopping_rule": f"the lowest FID (vs train) with white-box AUC <= "
+           f"{args.stop_auc}; the choice reads the members' scores, so it is not itself private",
+           "wall_s": round(time.time() - t0, 1)}
+    write_json(out / "over_training.json", res)
+    plot_over_training(res, out / "over_training.png")
+    print(f"{'D step':>7} {'FID':>7} {'AUC white':>9} {'AUC black':>9} {'ε_lb':>6} {'copies':>7}")
+    for p in points:
+        print(f"{p['step']:>7} {p.get('fid_train', math.nan):>7.1f} {p['auc_white']:>9.3f} {p['auc_black']:>9.3f} "
+              f"{p['epsilon_lb_one_run'] or 0:>6.2f} {p['copying_rate']:>7.1%}")
+    print("early stopping: " + (f"D step {stop['step']} (FID {stop['fid_train']:.1f}, white-box AUC "
+                                f"{stop['auc_white']:.3f})" if stop else f"no checkpoint has white-box AUC <= "
+                                                                         f"{args.stop_auc} and a FID"))
+    print(f"wrote {out / 'over_training.json'}, over_training.png")
+    return res
+
+
+def plot_over_training(res: dict, path) -> None:
+    pyplot = plt()
+    pts = res["points"]
+    steps = [p["step"] for p in pts]
+    fig, (ax1, ax2) = pyplot.subplots(1, 2, figsize=(10, 3.6))
+    if all("fid_train" in p for p in pts):
+        ax1.plot(steps, [p["fid_train"] for p in pts], "o-", color="k", label="FID vs train")
+        ax1.set_ylabel(f"FID vs the training set ({res['fid_samples']} samples)")
+        if res["early_stopping"]:
+            ax1.axvline(res["early_stopping"]["step"], color="tab:green", ls="--",
+                        label=f"early stop (white-box AUC ≤ {res['stop_auc']})")
+        ax1.legend(fontsize=8)
+    ax1.set_xlabel("D step")
+    for key, label in (("auc_white", "white-box AUC"), ("auc_black", "black-box AUC"),
+                       ("copying_rate", "copy rate")):
+        ax2.plot(steps, [p[key] for p in pts], "o-", label=label)
+    ax2.axhline(0.5, color="grey", lw=0.8)
+    ax2.set_ylim(0.3, 1.02)
+    ax2.set_xlabel("D step")
+    if any(p["epsilon_lb_one_run"] is not None for p in pts):
+        tw = ax2.twinx()
+        tw.plot(steps, [p["epsilon_lb_one_run"] or 0 for p in pts], "s:", color="tab:red", label="ε_lb one-run")
+        tw.set_ylabel("one-run ε lower bound", color="tab:red")
+        tw.legend(fontsize=8, loc="lower right")
+    ax2.legend(fontsize=8, loc="upper left")
+    fig.suptitle(f"memorization over training: {Path(res['run']).name}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    pyplot.close(fig)
 
 
 ATTACK_TITLES = {"white_box": "white-box (discriminator logit)", "black_box": "black-box (distance to nearest sample)",

@@ -480,6 +480,92 @@ def levers_report(s: dict, out: Path, models: list, t0: float) -> dict:
     return result
 
 
+# ----------------------------------------------------------------------------- the frontier of defences
+FRONTIER_COLUMNS = [("defence", "defence", None), ("setting", "setting", None), ("guarantee", "guarantee", None),
+                    ("FID train", "fid_train", ".1f"), ("precision", "precision", ".2f"), ("recall", "recall", ".2f"),
+                    ("AUC white-box", "mia_auc_white", ".3f"), ("AUC black-box", "mia_auc_black", ".3f"),
+                    ("ε_lb one-run", "epsilon_lb_one_run", ".2f"), ("copying rate, pixel (p)", "copying_rate", "copy"),
+                    ("MR rejected", "mr_rejected", ".1%"), ("train min", "train_min", ".1f")]
+FRONTIER_AXES = (("mia_auc_white", "white-box membership AUC"), ("epsilon_lb_one_run", "one-run ε lower bound"),
+                 ("copying_rate", "pixel copying rate"))
+
+
+def frontier_report(s: dict, out: Path, entries: list, n: int, t0: float) -> dict:
+    """frontier.md, frontier.json and frontier.png: one row per model (and per checkpoint of the snapshot run),
+    read from its run folder; ``entries``: [(defence, setting, run name, script, argv)]."""
+    from utils import pick_device, read_json, versions, write_json
+
+    rows = []
+    for defence, setting, name, script, argv in entries:
+        run = out / "runs" / name
+        res = read_json(run / "results.json")
+        base = {"defence": defence, "setting": setting, "run": name, "command": command(script, argv),
+                "guarantee": f"(ε = {res['epsilon']:.2f}, δ = {res['delta']:g})-DP per image"
+                if res.get("epsilon") is not None else "none", "train_min": res["wall_s"] / 60,
+                "mr_rejected": (res.get("memorization_rejection") or {}).get("rejected_mean")}
+        if defence != "early stopping":
+            rows.append({**row(name, n, res, read_json(run / "eval" / "eval.json"),
+                               read_json(run / "audit" / "audit.json")), **base})
+            continue
+        over = read_json(run / "audit-over-training" / "over_training.json")
+        for p in over["points"]:
+            rows.append({**base, "model": name, "setting": f"D step {p['step']} of {res['steps']}", "step": p["step"],
+                         "fid_train": p.get("fid_train"), "precision": p.get("precision"), "recall": p.get("recall"),
+                         "mia_auc_white": p["auc_white"],
+                         "mia_auc_black": p.get("auc_black_calibrated") or p["auc_black"],
+                         "epsilon_lb_one_run": p["epsilon_lb_one_run"], "copying_rate": p["copying_rate"],
+                         "copying_p": p["copying_p"],
+                         "early_stop": bool(over["early_stopping"]) and p["step"] == over["early_stopping"]["step"]})
+            if rows[-1]["early_stop"]:
+                rows[-1]["setting"] += " (early stop)"
+    ref = read_json(out / "reference" / f"n{n}" / "eval" / "eval.json")
+    plot_frontier(rows, ref, n, out / "frontier.png")
+    result = {"settings": {k: v for k, v in s.items() if not k.endswith("_list")}, "size": n, "rows": rows,
+              "reference": {"model": f"real data (held-out, N = {n})", **eval_columns(ref)},
+              "hardware": hardware(pick_device(s["device"])), "versions": versions(),
+              "this_invocation_s": round(time.time() - t0, 1)}
+    write_json(out / "frontier.json", result)
+    md = [f"Defences at N = {n}: utility against memorization ({s['num_samples']} samples per model; the real "
+          f"held-out images score FID {ref['fid_train']:.1f}, precision {ref['precision']:.2f}).", "",
+          markdown_table(rows, FRONTIER_COLUMNS), "", "Commands:", ""]
+    md += [f"- {d} ({r}): `{c}`" for d, r, c in dict.fromkeys((r["defence"], r["run"], r["command"]) for r in rows)]
+    (out / "frontier.md").write_text("\n".join(md) + "\n")
+    print(markdown_table(rows, FRONTIER_COLUMNS))
+    print(f"wrote {out / 'frontier.md'}, frontier.json, frontier.png ({(time.time() - t0) / 60:.1f} min this "
+          "invocation)")
+    return result
+
+
+def plot_frontier(rows, ref, n: int, path) -> None:
+    """FID against each memorization measure, one curve per defence (DP by ε, rejection by τ, early stopping by
+    step); no defence a star; the real held-out images' FID a dotted line."""
+    pyplot = plt()
+    fig, axes = pyplot.subplots(1, 3, figsize=(15, 4.4))
+    defences = list(dict.fromkeys(r["defence"] for r in rows))
+    for ax, (key, label) in zip(axes, FRONTIER_AXES):
+        for i, d in enumerate(defences):
+            rs = [r for r in rows if r["defence"] == d and r.get(key) is not None and r.get("fid_train") is not None]
+            if d == "DP-SGD":
+                rs.sort(key=lambda r: r["epsilon"])
+            xs, ys = [r[key] for r in rs], [r["fid_train"] for r in rs]
+            ax.plot(xs, ys, "*" if d == "none" else "o-", ms=14 if d == "none" else 5, color=f"C{i}", label=d)
+            for r, x, y in zip(rs, xs, ys):
+                if d != "none":
+                    tag = (f"ε={r['target_epsilon']:g}" if d == "DP-SGD" else f"{r['step']}" if d == "early stopping"
+                           else r["setting"].split(" of ")[0].replace("τ = ", "") if d.startswith("memo") else
+                           r["setting"].replace("translation", "tr").replace(",", "+"))
+                    ax.annotate(tag, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points", color=f"C{i}")
+        ax.axhline(ref["fid_train"], color="k", ls=":", lw=1, label="real held-out images")
+        ax.set_xlabel(label + (" (0.5: chance)" if key != "epsilon_lb_one_run" else ""))
+        ax.set_ylabel("FID vs the training set (lower: better)")
+        ax.set_yscale("log")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"defences at N = {n}: utility against memorization (lower left is better)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    pyplot.close(fig)
+
+
 # ----------------------------------------------------------------------------- the docs' figures
 FIGURE_MAX_BYTES = 300_000
 # (figure, source folder, file in it): written by `reproduce.py --figures DIR` from the finished runs
@@ -496,6 +582,10 @@ FIGURE_SOURCES = [
     ("study-one-run.png", "outputs/reproduce", "one_run.png"),
     ("study-fid-vs-epsilon.png", "outputs/reproduce", "fid_vs_epsilon.png"),
     ("study-exposure.png", "outputs/reproduce", "exposure.png"),
+    ("study-frontier.png", "outputs/reproduce", "frontier.png"),
+    ("study-over-training.png", "outputs/reproduce/runs/n250-non-private-snapshots/audit-over-training",
+     "over_training.png"),
+    ("quick-frontier.png", "outputs/reproduce-quick", "frontier.png"),
 ]
 
 

@@ -4,6 +4,7 @@ non-private vs DP-SGD; and the levers study of docs/levers.md.
   python reproduce.py --quick --inception-weights W.pth      # the study on the bundled digits, ~10 min on 2 cores
   python reproduce.py --data-root ROOT --inception-weights W.pth        # the study on CelebA (32px grayscale)
   python reproduce.py --levers --data-root ROOT --public-root PUBLIC    # the privacy-utility levers study
+  python reproduce.py --frontier --data-root ROOT --inception-weights W.pth   # the defences at the smallest N
   python reproduce.py --figures docs/figures                 # the docs' figures, from the finished studies
 
 The study. For each N in --train-sizes, 2N candidate images of the train split (one per near-duplicate group)
@@ -20,6 +21,12 @@ candidate uses), the DP recipe where public data exists. Stages (stages.py runs 
              precision/recall ceiling at that N                     -> OUT/reference/n<N>/
   report     OUT/results.md, results.json (every number, setting, stage time) and plots (report.py)
 
+The frontier (--frontier, docs/defences.md). At the smallest N of the study, with its data, coins, budget and
+evaluation, every defence as a curve of utility against memorization: DP-SGD at each of FRONTIER_EPSILONS (or
+--epsilons), memorization rejection at MR_QUANTILES, DiffAugment at AUGMENTATIONS, early stopping (the
+non-private model's snapshots, audit.py --over-training) and no defence. It shares the study's folder: the
+study's models at that N are reused, not retrained. Writes OUT/frontier.md, frontier.json and frontier.png.
+
 Idempotent and resumable: a finished stage whose settings match is reused; an interrupted training run
 resumes from its checkpoint; changing a setting reruns only the stages it affects. Several machines on a shared
 folder: give each a share of the models with --only (same flags and --out otherwise), then run the command once
@@ -28,6 +35,7 @@ more without --only: it reuses every stage and writes the report.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -53,10 +61,20 @@ PRESETS = {
 }
 
 
+# The frontier's defences at the smallest N (besides no defence and the DP models of --epsilons)
+FRONTIER_EPSILONS = "1,2,4,8,16,64"  # DP as a curve: the study's 1 and 8 with four more
+MR_QUANTILES = (0.05, 0.25, 0.5)  # memorization rejection's tau: these quantiles of held-out images' distances
+AUGMENTATIONS = ("translation,flip", "translation,cutout,flip")  # DiffAugment on (the DP recipe's ops), stronger
+CHECKPOINTS = 6  # early stopping: the non-private model every 1/6 of its steps
+
+
 def build_parser():
     p = Parser(prog="reproduce.py", description=__doc__.split("\n\n")[0], epilog=__doc__)
     p.add_argument("--quick", action="store_true", help="the quick preset (the bundled digits, minutes on a CPU)")
     p.add_argument("--levers", action="store_true", help="the privacy-utility levers study instead of the study")
+    p.add_argument("--frontier", action="store_true",
+                   help="the defences (DP at many ε, memorization rejection, augmentation, early stopping) at the "
+                        "study's smallest N, on one utility-memorization frontier")
     p.add_argument("--figures", default=None, metavar="DIR",
                    help="write the docs' figures to DIR from the finished studies under outputs/ (and the "
                         "quickstart runs), then exit")
@@ -68,7 +86,8 @@ def build_parser():
     p.add_argument("--train-sizes", default=None, help="comma-separated N (full: 250,1000,2300; quick: 100,500)")
     p.add_argument("--budget", type=int, default=None,
                    help="real images D sees per model (the same compute at every N; epochs = budget / N)")
-    p.add_argument("--epsilons", default=None, help="comma-separated target epsilons of the DP models (full: 8,1)")
+    p.add_argument("--epsilons", default=None, help="comma-separated target epsilons of the DP models (full: 8,1; "
+                   "--frontier: %s)" % FRONTIER_EPSILONS)
     p.add_argument("--delta", type=float, default=1e-6, help="δ of every DP model")
     p.add_argument("--warm", action=argparse.BooleanOptionalAction, default=None,
                    help="also fine-tune a non-private and the DP models from a public pretraining at every N "
@@ -309,8 +328,12 @@ def reproduce(args) -> dict:
         return report.figures(Path(args.figures))
     if args.levers and args.only is not None:
         raise UserError("--only selects models of the study; with --levers use --rows")
+    if args.levers and args.frontier:
+        raise UserError("give --levers or --frontier, not both")
     if args.levers:
         return levers(args)
+    if args.frontier:
+        return frontier(args)
     if args.rows is not None:
         raise UserError("--rows selects rows of the levers study: use it with --levers")
     t0 = time.time()
@@ -343,6 +366,70 @@ def reproduce(args) -> dict:
         return {"only": [name for _, name, _, _ in plan]}
     models = [(n, name, _value(argv, "--seed", 0)) for n, name, _, argv in plan]
     return report.study_report(s, out, models, public, args, t0, times)
+
+
+# ----------------------------------------------------------------------------- the frontier of defences
+def frontier_plan(s: dict, out: Path) -> tuple:
+    """([(defence, setting, run name, script, argv)], the snapshot interval) at the smallest N: the study's
+    non-private and DP models (same names and arguments, so a finished study's runs are reused), DP at every
+    epsilon, memorization rejection, augmentation and a non-private run that keeps snapshots."""
+    n = min(s["size_list"])
+    study = {name: (script, argv[:-2]) for size, name, script, argv in  # argv without its trailing --out
+             model_plan({**s, "extra_seed_list": []}, out) if size == n}
+    base = study[f"n{n}-non-private"][1]
+    entries = [("none", "non-private", f"n{n}-non-private", "train_dcgan", base)]
+    for e in s["epsilon_list"]:
+        entries.append(("DP-SGD", f"ε = {e:g}", f"n{n}-dp-eps{e:g}", *study[f"n{n}-dp-eps{e:g}"]))
+    for q in MR_QUANTILES:
+        entries.append(("memorization rejection", f"τ = q{q:g} of held-out", f"n{n}-mr-q{q:g}", "train_dcgan",
+                        base + ["--mr-quantile", f"{q:g}"]))
+    for ops in AUGMENTATIONS:
+        entries.append(("augmentation", ops, f"n{n}-augment-{ops.replace(',', '-')}", "train_dcgan",
+                        base + ["--augment", ops]))
+    planned = n + (s["canaries"] * sum(int(r) for r in str(s["canary_repeats"]).split(",")) if s["canaries"] else 0)
+    every = max(1, _value(base, "--epochs", 1) * math.ceil(planned / 64) // CHECKPOINTS)  # train_dcgan.py's batch 64
+    entries.append(("early stopping", "snapshots", f"n{n}-non-private-snapshots", "train_dcgan",
+                    base + ["--snapshot-every", str(every)]))
+    return [(d, st, name, script, argv + ["--out", str(out / "runs" / name)])
+            for d, st, name, script, argv in entries], every
+
+
+def frontier(args) -> dict:
+    t0 = time.time()
+    if args.only is not None or args.rows is not None:
+        raise UserError("--only and --rows select models of the study and the levers study, not of --frontier")
+    if args.epsilons is None:
+        args.epsilons = FRONTIER_EPSILONS
+    s = settings(args)
+    out = Path(args.out or ("outputs/reproduce-quick" if args.quick else "outputs/reproduce"))
+    entries, every = frontier_plan(s, out)
+    n = min(s["size_list"])
+    print(f"frontier of defences at N = {n} ({'quick' if args.quick else 'full'} preset) -> {out}")
+    for k in ("data", "data_root", "budget", "epsilons", "num_samples", "jobs", "threads"):
+        print(f"  {k:<15} {s[k]}")
+    print(f"  memorization rejection at quantiles {', '.join(map(str, MR_QUANTILES))}; augmentation "
+          f"{' | '.join(AUGMENTATIONS)}; snapshots every {every} D steps")
+    first_eval, stages = f"n{n}-non-private evaluation", []
+    for defence, setting, name, script, argv in entries:
+        run = out / "runs" / name
+        train = Stage(name, "training", f"{script}:train", argv, (), cost=1.3 if script == "train_dcgan_dp" else 1.0)
+        share = () if name == f"n{n}-non-private" else (first_eval,)
+        stages += [train, eval_stage(name, run, s, (train.name,) + share), audit_stage(name, run, s, (train.name,))]
+        if name == f"n{n}-non-private":
+            stages.append(reference_stage(n, run, s, out, (first_eval,)))
+        if defence == "early stopping":
+            over = ["--run", str(run), "--over-training", "--fid-samples", str(s["num_samples"]), "--device",
+                    s["device"], "--threads", str(s["threads"]), "--seed", str(s["seed"]), "--cache-dir",
+                    s["cache_dir"], "--out", str(run / "audit-over-training")]
+            over += ["--inception-weights", str(s["inception_weights"])] if s["inception_weights"] else []
+            over += ["--max-real", str(s["max_real"])] if s["max_real"] else []
+            stages.append(Stage(name, "audit over training", "audit:audit", over, (train.name, first_eval),
+                                run / "audit-over-training", "over_training.json", {"ckpt": run / "ckpt.pt"},
+                                cost=0.3 * CHECKPOINTS))
+    print(f"  {len(stages)} stages; each stage's output in {out / 'logs'}/")
+    run_stages(stages, s["jobs"], int(s["threads"]) if str(s["threads"]).isdigit() else 1, out / "logs",
+               progress=not args.no_progress)
+    return report.frontier_report(s, out, entries, n, t0)
 
 
 # ----------------------------------------------------------------------------- the levers study

@@ -5,7 +5,8 @@
   RunLog         log.jsonl (one record per D step and per epoch; cut back to the checkpoint on resume), progress
                  bars, the per-epoch line, sample grids and the loss curve
   Checkpointer   ckpt.pt, written atomically (temp file + rename) with every rank's RNG state, at epoch ends at
-                 least CKPT_MIN_STEPS D steps apart, at the end, and every --ckpt-every D steps on top
+                 least CKPT_MIN_STEPS D steps apart, at the end, and every --ckpt-every D steps on top; the
+                 models alone every --snapshot-every D steps (snapshots/)
   finish         results.json, generator.pt, samples.npz, loss_curve.png
   warm_start     --init-from: another run's weights, and whether its data was disjoint from this run's
   run_training_data  a finished run's training set, rebuilt from its config.json (audit.py, evaluate_mifid.py)
@@ -283,6 +284,16 @@ class Checkpointer:
                                "config": self.model_cfg, "privacy": self.privacy.state_dict(),
                                "wall_s": self.wall_s()}, self.path)
         self.last_step = state.step
+
+    def snapshot(self, state) -> None:
+        """RUN/snapshots/step<S>.pt: the models at D step S (G, its EMA, D, the architecture and ε so far), what
+        audit.py --over-training reads (load_generator / load_discriminator take it too)."""
+        if self.run.main:
+            sd = state.state_dict()
+            (self.run.out / "snapshots").mkdir(exist_ok=True)
+            atomic_torch_save({**{k: sd[k] for k in ("G", "G_ema", "D", "step", "g_steps")}, "config": self.model_cfg,
+                               "epsilon": self.privacy.epsilon(state.step)},
+                              self.run.out / "snapshots" / f"step{state.step:07d}.pt")
 
     def epoch_end(self, state, epoch: int, epoch_done: bool, last: bool) -> None:
         """Checkpoint at an epoch end if CKPT_MIN_STEPS D steps have passed since the last one, or at the end."""

@@ -141,6 +141,9 @@ def build_parser(prog="train_dcgan.py", description=None, defaults=None) -> argp
     g.add_argument("--ckpt-every", type=int, default=0, metavar="N",
                    help="also checkpoint every N D steps (always: at epoch ends at least %d D steps apart, and at the "
                         "end)" % runs.CKPT_MIN_STEPS)
+    g.add_argument("--snapshot-every", type=int, default=0, metavar="N",
+                   help="keep the models (G, its EMA, D) every N D steps in RUN/snapshots/ (audit.py --over-training "
+                        "audits them: memorization and FID over training; 0: none)")
     g.add_argument("--num-samples", type=int, default=10000, help="images written to samples.npz at the end")
     g.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     return p
@@ -187,6 +190,8 @@ def check_args(args) -> None:
         raise UserError(f"--max-steps must be positive, got {args.max_steps}")
     if args.num_samples < 0:
         raise UserError("--num-samples must be >= 0")
+    if args.snapshot_every < 0:
+        raise UserError(f"--snapshot-every must be >= 0 (0: no snapshots), got {args.snapshot_every}")
     if args.canaries < 0 or args.audit_canaries < 0:
         raise UserError("--canaries and --audit-canaries must be >= 0")
     if args.train_size is not None and args.train_size <= 0:
@@ -383,6 +388,8 @@ def train(args, privacy=None) -> dict:
                 if args.ckpt_every and state.step % args.ckpt_every == 0:
                     log.flush()
                     ckpt.save(state, epoch, state.step_in_epoch)
+                if args.snapshot_every and state.step % args.snapshot_every == 0:
+                    ckpt.snapshot(state)
             epoch_done = state.step_in_epoch >= steps_per_epoch
             last = epoch + 1 == args.epochs or state.step >= total_steps
             erec = {"kind": "epoch", "step": state.step, "g_step": state.g_steps, "epoch": epoch + 1,

@@ -298,3 +298,46 @@ def test_copy_rate_by_nearest_images_equals_the_direct_minima():
         a, b = d[:, first].min(1).values, d[:, other].min(1).values
         null.append(float((a < b).double().mean() + 0.5 * (a == b).double().mean()))
     assert res["p_value"] == (1 + sum(r >= res["copying_rate"] - 1e-9 for r in null)) / 31
+
+
+def test_snapshots_and_the_audit_over_training(tmp_path, inception_weights, capsys):
+    """--snapshot-every keeps the models every N D steps; audit.py --checkpoint audits one of them (its D and G,
+    not the final ones), and --over-training audits and scores each checkpoint, with the early-stopping choice."""
+    run = tmp_path / "run"
+    train_dcgan.main(tiny_args(run, "--max-steps", "6", "--train-size", "40", "--coin-subset", "--snapshot-every", "2"))
+    snaps = sorted(p.name for p in (run / "snapshots").iterdir())
+    assert snaps == ["step0000002.pt", "step0000004.pt", "step0000006.pt"]
+    from models import load_discriminator
+    from utils import safe_load
+
+    final, first = safe_load(run / "ckpt.pt"), safe_load(run / "snapshots" / "step0000002.pt")
+    assert first["step"] == 2 and final["step"] == 6
+    for k, v in final["D"].items():  # the last snapshot holds the final models
+        assert torch.equal(safe_load(run / "snapshots" / "step0000006.pt")["D"][k], v)
+    assert not all(torch.equal(first["D"][k], v) for k, v in final["D"].items())
+    a2 = audit.audit(audit.build_parser().parse_args(
+        ["--run", str(run), "--checkpoint", str(run / "snapshots" / "step0000002.pt"), "--num-samples", "32",
+         "--out", str(tmp_path / "a2")]))
+    with np.load(tmp_path / "a2" / "scores.npz") as z:  # the white-box scores are the snapshot's D's logits
+        td, _ = audit.load_run(run)
+        D2 = load_discriminator(run / "snapshots" / "step0000002.pt")
+        want = audit.discriminator_scores(D2, td.imgs.images[torch.tensor(td.coins["indices"])], "cpu")
+        np.testing.assert_allclose(z["white_box_candidates"], want, rtol=1e-5, atol=1e-6)
+    assert a2["checkpoint"].endswith("step0000002.pt")
+
+    out = tmp_path / "over"
+    audit.main(["--run", str(run), "--over-training", "--num-samples", "32", "--fid-samples", "16", "--max-real", "24",
+                "--inception-weights", str(inception_weights), "--cache-dir", "", "--threads", "1",
+                "--stop-auc", "1.0", "--out", str(out)])
+    res = json.loads((out / "over_training.json").read_text())
+    assert [p["step"] for p in res["points"]] == [2, 4, 6]
+    assert res["points"][0]["auc_white"] == a2["attacks"]["white_box"]["auc"]
+    for p in res["points"]:
+        assert p["n_gen"] == 16 and p["fid_train"] > 0 and 0 <= p["auc_white"] <= 1
+        assert (out / f"step{p['step']:07d}" / "eval" / "eval.json").is_file()
+    assert res["early_stopping"] == min(res["points"], key=lambda p: p["fid_train"])  # every AUC <= 1.0
+    assert (out / "over_training.png").stat().st_size > 0
+    (tmp_path / "none").mkdir()
+    with pytest.raises(SystemExit) as e:  # a run without snapshots says how to get them
+        audit.main(["--run", str(tmp_path / "none"), "--over-training"])
+    assert e.value.code == 2 and "--snapshot-every" in capsys.readouterr().err

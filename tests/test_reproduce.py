@@ -3,6 +3,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 import report
 import reproduce
@@ -223,3 +224,43 @@ def test_sample_panels_keep_one_row_per_size_with_blanks(tmp_path):
 
     assert grey(img[h // 4:h // 2, : w // 2]) and not grey(img[h // 4:h // 2, w // 2:])  # row 1: "a", then the blank
     assert grey(img[h // 2 + h // 8:, w // 2:])  # row 2: "c", "d"
+
+
+def test_frontier_reuses_the_study_and_puts_every_defence_on_it(tmp_path, inception_weights, monkeypatch):
+    """--frontier at the smallest N: the study's non-private and DP runs under the study's names and arguments
+    (a finished study is reused), DP at every ε, memorization rejection, augmentation, and early stopping from a
+    snapshot run whose training is the non-private run's (snapshots change nothing); one table row per model and
+    checkpoint."""
+    monkeypatch.setattr(reproduce, "MR_QUANTILES", (0.5,))
+    monkeypatch.setattr(reproduce, "AUGMENTATIONS", ("translation,flip",))
+    monkeypatch.setattr(reproduce, "CHECKPOINTS", 2)
+    out = tmp_path / "study"
+    argv = [a for a in _argv(out, inception_weights)] + ["--frontier", "--epsilons", "8,64", "--jobs", "2"]
+    argv[argv.index("--train-sizes") + 1] = "40"
+    s = reproduce.settings(reproduce.build_parser().parse_args(argv))
+    study = {name: argv for _, name, _, argv in reproduce.model_plan(s, out)}
+    entries, every = reproduce.frontier_plan(s, out)
+    for _, _, name, _, a in entries:
+        if name in study:
+            assert a == study[name]  # the same stage as the study's: reused when the study ran
+    assert {d for d, *_ in entries} == {"none", "DP-SGD", "memorization rejection", "augmentation", "early stopping"}
+    assert every == 10 * 1 // 2  # 10 epochs x 1 step (40 + 2 x 2 canary copies < 64) / 2 checkpoints
+
+    res = reproduce.main(argv)
+    for f in ("frontier.md", "frontier.json", "frontier.png"):
+        assert (out / f).stat().st_size > 0, f
+    rows = res["rows"]
+    assert [r["defence"] for r in rows] == ["none", "DP-SGD", "DP-SGD", "memorization rejection", "augmentation",
+                                            "early stopping", "early stopping"]
+    for r in rows:
+        assert r["fid_train"] > 0 and 0 <= r["mia_auc_white"] <= 1 and 0 <= r["copying_rate"] <= 1
+    assert [r["target_epsilon"] for r in rows if r["defence"] == "DP-SGD"] == [8, 64]
+    assert rows[3]["mr_rejected"] is not None and "none" in rows[3]["guarantee"]
+    assert [r["step"] for r in rows if r["defence"] == "early stopping"] == [5, 10]
+    from utils import safe_load
+
+    a, b = (safe_load(out / "runs" / f"n40-{m}" / "ckpt.pt") for m in ("non-private", "non-private-snapshots"))
+    for k in a["D"]:  # taking snapshots does not change the training
+        assert torch.equal(a["D"][k], b["D"][k])
+    md = (out / "frontier.md").read_text()
+    assert "memorization rejection" in md and "--snapshot-every 5" in md
