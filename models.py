@@ -34,10 +34,10 @@ def _n_blocks(image_size: int) -> int:
 class MatmulConvTranspose2d(nn.ConvTranspose2d):
     """nn.ConvTranspose2d computed on the CPU as its definition: one matrix product of the weights with the input
     pixels, then ``F.fold`` adds each pixel's k x k patch into the output (col2im). oneDNN runs the generator's
-    first layer (a 1 x 1 input) and last layer (1 or 3 output channels) far below its speed on the other layers:
-    batch 64 at one thread, forward + backward 4.3 -> 1.0 ms (first) and 11 -> 3.2 ms (last, with the forward of
-    the D step), about 10% of a training step. Same parameters and state dict as nn.ConvTranspose2d, outputs and
-    gradients equal up to float rounding (tests/test_models.py); other devices use the library's kernel."""
+    first layer (a 1 x 1 input) and last layer (1 or 3 output channels) far below its speed on the other layers
+    (batch 64, one thread, forward + backward: 4.9 -> 1.3 ms and 5.7 -> 4.1 ms; a few percent of a training step,
+    docs/performance.md). Same parameters and state dict as nn.ConvTranspose2d, outputs and gradients equal up to
+    float rounding (tests/test_models.py); other devices use the library's kernel."""
 
     def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
         if (x.device.type != "cpu" or x.dim() != 4 or output_size is not None or self.groups != 1
