@@ -541,8 +541,9 @@ def plot_over_training(res: dict, path) -> None:
                         label=f"early stop (white-box AUC ≤ {res['stop_auc']})")
         ax1.legend(fontsize=8)
     ax1.set_xlabel("D step")
-    for key, label in (("auc_white", "white-box AUC"), ("auc_black", "black-box AUC"),
-                       ("copying_rate", "copy rate")):
+    black = "auc_black_calibrated" if all(p.get("auc_black_calibrated") is not None for p in pts) else "auc_black"
+    bb_label = "black-box AUC, calibrated" if black == "auc_black_calibrated" else "black-box AUC"
+    for key, label in (("auc_white", "white-box AUC"), (black, bb_label), ("copying_rate", "pixel copy rate")):
         ax2.plot(steps, [p[key] for p in pts], "o-", label=label)
     ax2.axhline(0.5, color="grey", lw=0.8)
     ax2.set_ylim(0.3, 1.02)

@@ -510,6 +510,7 @@ def frontier_report(s: dict, out: Path, entries: list, n: int, t0: float) -> dic
         over = read_json(run / "audit-over-training" / "over_training.json")
         for p in over["points"]:
             rows.append({**base, "model": name, "setting": f"D step {p['step']} of {res['steps']}", "step": p["step"],
+                         "checkpoint": p["checkpoint"],
                          "fid_train": p.get("fid_train"), "precision": p.get("precision"), "recall": p.get("recall"),
                          "mia_auc_white": p["auc_white"],
                          "mia_auc_black": p.get("auc_black_calibrated") or p["auc_black"],
@@ -520,6 +521,8 @@ def frontier_report(s: dict, out: Path, entries: list, n: int, t0: float) -> dic
                 rows[-1]["setting"] += " (early stop)"
     ref = read_json(out / "reference" / f"n{n}" / "eval" / "eval.json")
     plot_frontier(rows, ref, n, out / "frontier.png")
+    plot_image_panels(frontier_samples(rows, out), out / "frontier_samples.png",
+                      f"samples of every defence at N = {n} (the same latent noise)", ncols=5)
     result = {"settings": {k: v for k, v in s.items() if not k.endswith("_list")}, "size": n, "rows": rows,
               "reference": {"model": f"real data (held-out, N = {n})", **eval_columns(ref)},
               "hardware": hardware(pick_device(s["device"])), "versions": versions(),
@@ -531,9 +534,27 @@ def frontier_report(s: dict, out: Path, entries: list, n: int, t0: float) -> dic
     md += [f"- {d} ({r}): `{c}`" for d, r, c in dict.fromkeys((r["defence"], r["run"], r["command"]) for r in rows)]
     (out / "frontier.md").write_text("\n".join(md) + "\n")
     print(markdown_table(rows, FRONTIER_COLUMNS))
-    print(f"wrote {out / 'frontier.md'}, frontier.json, frontier.png ({(time.time() - t0) / 60:.1f} min this "
-          "invocation)")
+    print(f"wrote {out / 'frontier.md'}, frontier.json, frontier.png, frontier_samples.png "
+          f"({(time.time() - t0) / 60:.1f} min this invocation)")
     return result
+
+
+def frontier_samples(rows, out: Path) -> dict:
+    """The first 64 samples of each model (samples.npz: the same latent noise for all) and of the early-stopping
+    checkpoint (drawn from it with that noise)."""
+    from data import load_npz
+    from gan import generate
+    from models import load_generator
+
+    panels = {}
+    for r in rows:
+        if r["defence"] != "early stopping":
+            panels[f"{r['defence']}, {r['setting']}"] = load_npz(out / "runs" / r["run"] / "samples.npz")[:64]
+        elif r.get("early_stop"):
+            G, cfg = load_generator(r["checkpoint"])
+            with torch.no_grad():
+                panels[f"early stopping, D step {r['step']}"] = generate(G, 64, cfg["nz"], "cpu")
+    return panels
 
 
 def plot_frontier(rows, ref, n: int, path) -> None:
@@ -585,7 +606,7 @@ FIGURE_SOURCES = [
     ("study-frontier.png", "outputs/reproduce", "frontier.png"),
     ("study-over-training.png", "outputs/reproduce/runs/n250-non-private-snapshots/audit-over-training",
      "over_training.png"),
-    ("quick-frontier.png", "outputs/reproduce-quick", "frontier.png"),
+    ("study-frontier-samples.png", "outputs/reproduce", "frontier_samples.png"),
 ]
 
 

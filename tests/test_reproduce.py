@@ -247,7 +247,7 @@ def test_frontier_reuses_the_study_and_puts_every_defence_on_it(tmp_path, incept
     assert every == 10 * 1 // 2  # 10 epochs x 1 step (40 + 2 x 2 canary copies < 64) / 2 checkpoints
 
     res = reproduce.main(argv)
-    for f in ("frontier.md", "frontier.json", "frontier.png"):
+    for f in ("frontier.md", "frontier.json", "frontier.png", "frontier_samples.png"):
         assert (out / f).stat().st_size > 0, f
     rows = res["rows"]
     assert [r["defence"] for r in rows] == ["none", "DP-SGD", "DP-SGD", "memorization rejection", "augmentation",
