@@ -491,8 +491,8 @@ FRONTIER_AXES = (("mia_auc_white", "white-box membership AUC"), ("epsilon_lb_one
 
 
 def frontier_report(s: dict, out: Path, entries: list, n: int, t0: float) -> dict:
-    """frontier.md, frontier.json and frontier.png: one row per model (and per checkpoint of the snapshot run),
-    read from its run folder; ``entries``: [(defence, setting, run name, script, argv)]."""
+    """frontier.md, frontier.json, frontier.png and frontier_samples.png: one row per model (and per checkpoint of
+    the snapshot run), read from its run folder; ``entries``: [(defence, setting, run name, script, argv)]."""
     from utils import pick_device, read_json, versions, write_json
 
     rows = []
@@ -513,7 +513,8 @@ def frontier_report(s: dict, out: Path, entries: list, n: int, t0: float) -> dic
                          "checkpoint": p["checkpoint"],
                          "fid_train": p.get("fid_train"), "precision": p.get("precision"), "recall": p.get("recall"),
                          "mia_auc_white": p["auc_white"],
-                         "mia_auc_black": p.get("auc_black_calibrated") or p["auc_black"],
+                         "mia_auc_black": p["auc_black"] if p.get("auc_black_calibrated") is None
+                         else p["auc_black_calibrated"],
                          "epsilon_lb_one_run": p["epsilon_lb_one_run"], "copying_rate": p["copying_rate"],
                          "copying_p": p["copying_p"],
                          "early_stop": bool(over["early_stopping"]) and p["step"] == over["early_stopping"]["step"]})

@@ -25,7 +25,8 @@ The frontier (--frontier, docs/defences.md). At the smallest N of the study, wit
 evaluation, every defence as a curve of utility against memorization: DP-SGD at each of FRONTIER_EPSILONS (or
 --epsilons), memorization rejection at MR_QUANTILES, DiffAugment at AUGMENTATIONS, early stopping (the
 non-private model's snapshots, audit.py --over-training) and no defence. It shares the study's folder: the
-study's models at that N are reused, not retrained. Writes OUT/frontier.md, frontier.json and frontier.png.
+study's models at that N are reused, not retrained. Writes OUT/frontier.md, frontier.json, frontier.png and
+frontier_samples.png.
 
 Idempotent and resumable: a finished stage whose settings match is reused; an interrupted training run
 resumes from its checkpoint; changing a setting reruns only the stages it affects. Several machines on a shared

@@ -111,9 +111,11 @@ def test_parallel_study_interrupted_by_ctrl_c_resumes_to_the_sequential_results(
     seq = reproduce.main(_small(tmp_path / "seq", inception_weights, 1))
     repo = Path(reproduce.__file__).resolve().parent
     par = tmp_path / "par"
+    # SIGINT back to its default in the child: a test run started in the background by a shell inherits SIGINT
+    # ignored (POSIX), and Python keeps an ignored SIGINT ignored, so Ctrl-C would never arrive
     p = subprocess.Popen([sys.executable, str(repo / "reproduce.py"), *_small(par, inception_weights, 2)],
                          cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+                         text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not list(par.glob("runs/*/ckpt.pt")) and p.poll() is None and time.time() < deadline:
         time.sleep(0.05)
