@@ -387,8 +387,11 @@ def frontier_plan(s: dict, out: Path) -> tuple:
     for ops in AUGMENTATIONS:
         entries.append(("augmentation", ops, f"n{n}-augment-{ops.replace(',', '-')}", "train_dcgan",
                         base + ["--augment", ops]))
+    from train_dcgan import build_parser as train_parser
+
     planned = n + (s["canaries"] * sum(int(r) for r in str(s["canary_repeats"]).split(",")) if s["canaries"] else 0)
-    every = max(1, _value(base, "--epochs", 1) * math.ceil(planned / 64) // CHECKPOINTS)  # train_dcgan.py's batch 64
+    a = train_parser().parse_args(base)  # the run's epochs and batch size, defaults included
+    every = max(1, a.epochs * math.ceil(planned / a.batch_size) // CHECKPOINTS)
     entries.append(("early stopping", "snapshots", f"n{n}-non-private-snapshots", "train_dcgan",
                     base + ["--snapshot-every", str(every)]))
     return [(d, st, name, script, argv + ["--out", str(out / "runs" / name)])
