@@ -4,6 +4,7 @@
 
 Attacks (a higher score means "member"):
   white_box   the trained discriminator's logit D(x) (LOGAN, Hayes et al. 2019): D has seen the members.
+              With --reference-run, also white_box_calibrated: D(x) minus a reference run's D(x).
   black_box   minus the distance from x to its nearest generated image (GAN-Leaks full black-box, Chen et al.
               2020), in pixel space (L2 on [0, 1] pixels, default) or Inception pool3 space (1 - |cos|).
 Members are a seeded random subset of the images the run trained on (its training set is rebuilt from its
@@ -29,6 +30,12 @@ images with Clopper-Pearson limits, treating every image as an independent trial
 The black-box score is also reported calibrated: the distance to the nearest generated image divided by the
 distance to the nearest of --calibration-size held-out real images (images that are close to everything are
 not evidence of membership).
+
+Identity membership inference (Webster et al. 2021), for runs trained with --privacy-unit identity, person coins
+and --attack-photos K: was this PERSON trained on, judged from K other photos of them that training never saw?
+A person's score is the mean of an attack's scores over their attack photos; AUC and TPR at 1% FPR over the
+people and the one-run bound with one coin per person, in audit.json's "identity" and identity_roc.png
+(docs/identity.md).
 
 Pixel-space copies: the fraction of generated images nearer (L2) to a member than to every one of as many
 non-members (50% for a generator that draws new images), with a permutation p-value over random relabelings of
@@ -58,7 +65,7 @@ from utils import (Parser, Threads, UserError, pick_device, plt, read_json, run_
                    write_json)
 
 FPR_LEVELS = (0.01, 0.001)
-ATTACKS = ("white_box", "black_box", "black_box_calibrated")
+ATTACKS = ("white_box", "white_box_calibrated", "black_box", "black_box_calibrated")
 
 
 def build_parser():
@@ -72,6 +79,10 @@ def build_parser():
     p.add_argument("--calibration-size", type=int, default=200,
                    help="held-out images (of --nonmember-split, then not used as non-members) that calibrate the "
                         "black-box distance (0: raw distances only)")
+    p.add_argument("--reference-run", default=None, metavar="RUN",
+                   help="a run trained the same way on other data (e.g. public photos of other people): the "
+                        "white_box_calibrated attack scores D(x) minus that run's D(x), so images every discriminator "
+                        "likes are not taken for members (difficulty calibration, Watson et al. 2022)")
     p.add_argument("--num-samples", type=int, default=10000,
                    help="generated images for the black-box attack (from generator.pt; else samples.npz)")
     p.add_argument("--delta", type=float, default=None, help="delta of the epsilon bound (default: the run's, "
@@ -347,6 +358,39 @@ def generated_images(run: Path, n: int, device, checkpoint=None) -> tuple[torch.
     raise UserError(f"{run} has neither generator.pt nor samples.npz: did the training run finish?")
 
 
+def identity_audit(coins: dict, scores: dict, delta: float, alpha: float, seed: int = 0) -> tuple[dict, dict]:
+    """Identity membership inference (Webster et al. 2021): was this PERSON in training, judged from other photos of
+    them (the --attack-photos held back from every coin-flipped person, member or not)? A person's score is the
+    mean of an attack's scores over their attack photos. Per attack: AUC and TPR at low FPR over the people, and
+    the one-run ε lower bound with one coin per person (Bonferroni over the attacks, as the image-level one). With
+    a reference model, ``control_reference_model_auc``: the white-box AUC of that model, which trained on none of
+    the people: how far from 0.5 this draw of people and coins lies by chance.
+    Returns (the results, the people's scores as plot_roc takes them)."""
+    held = coins["attack_photos"]
+    if not any(held):
+        return {"note": "the run held back no attack photos (train with --attack-photos K)"}, {}
+    counts = np.array([len(h) for h in held])
+    owner = np.repeat(np.arange(len(held)), counts)
+    mean_per_person = lambda s: np.bincount(owner, weights=s, minlength=len(held)) / counts  # noqa: E731
+    inc = np.asarray(coins["included"], bool)
+    attacks = [att for att in ATTACKS if f"{att}_attack" in scores]
+    out = {"people": len(held), "members": int(inc.sum()), "attack_photos_per_person": len(held[0]),
+           "score": "mean attack score over the person's attack photos", "attacks": {}}
+    people = {}
+    for att in attacks:
+        per_person = mean_per_person(scores[f"{att}_attack"])
+        people[f"{att}_members"], people[f"{att}_nonmembers"] = per_person[inc], per_person[~inc]
+        r = roc_summary(per_person[inc], per_person[~inc])
+        r["one_run"] = one_run_audit(per_person, inc, delta, alpha / len(attacks), seed)
+        out["attacks"][att] = r
+    out["one_run_epsilon_lb"] = max(a["one_run"]["epsilon_lb"] for a in out["attacks"].values())
+    if "white_box_calibrated_attack" in scores:  # the reference model trained on none of the candidates: what this
+        # draw of people and coins scores without any training on them (all models of a study share the draw)
+        per_person = mean_per_person(scores["white_box_attack"] - scores["white_box_calibrated_attack"])
+        out["control_reference_model_auc"] = roc_summary(per_person[inc], per_person[~inc])["auc"]
+    return out, people
+
+
 # ----------------------------------------------------------------------------- main
 def audit(args) -> dict:
     if args.over_training:
@@ -388,7 +432,12 @@ def audit(args) -> dict:
         queries.update(canaries=torch.tensor(canaries["indices"]), references=refs)
         if canaries["split"] == args.nonmember_split:
             print("note: canary references and non-members come from the same split")
-    if coins:
+    person_coins = coins if coins and coins.get("unit") == "identity" else None
+    if person_coins:  # one coin per person: the image-level one-run audit does not apply (its trials are people)
+        coins = None
+        if any(person_coins["attack_photos"]):
+            queries["attack"] = torch.tensor([i for held in person_coins["attack_photos"] for i in held])
+    elif coins:
         queries["candidates"] = torch.tensor(coins["indices"])
 
     out = Path(args.out) if args.out else run / "audit"
@@ -396,6 +445,16 @@ def audit(args) -> dict:
     gen_u8, gen_desc = generated_images(run, args.num_samples, device, args.checkpoint)
     scores = {f"white_box_{k}": discriminator_scores(D, imgs.images[v], device, args.batch_size)
               for k, v in queries.items()}
+    if args.reference_run:
+        from models import load_discriminator
+
+        ref_ckpt = Path(args.reference_run) / "ckpt.pt"
+        if not ref_ckpt.is_file():
+            raise UserError(f"--reference-run {args.reference_run} has no ckpt.pt: give the folder of a finished run")
+        D_ref = load_discriminator(ref_ckpt)
+        for k, v in queries.items():
+            scores[f"white_box_calibrated_{k}"] = scores[f"white_box_{k}"] - discriminator_scores(
+                D_ref, imgs.images[v], device, args.batch_size)
     if args.space == "pixel":
         dist = lambda q, ref: nearest_l2(q, ref, device)  # noqa: E731
     else:
@@ -442,23 +501,30 @@ def audit(args) -> dict:
                                       "min": float(e[reps == k].min()), "values": e[reps == k].round(3).tolist()}
                              for k in sorted(set(canaries["repeats"]))}
         attacks[att] = r
+    identity, people = identity_audit(person_coins, scores, delta, args.alpha, args.seed) if person_coins else (None, {})
     res = {"run": str(run), "checkpoint": args.checkpoint, "data": imgs.source, "nonmember_split": args.nonmember_split,
            "black_box_space": args.space, "calibration_images": int(n_cal), "generated": gen_desc,
-           "claimed_epsilon": claimed, "delta": delta, "attacks": attacks, "copies": copies,
+           "reference_run": args.reference_run,
+           "claimed_epsilon": claimed, "privacy_unit": results.get("privacy_unit", "image"), "delta": delta,
+           "attacks": attacks, "copies": copies,
            "one_run_epsilon_lb": None if not coins else max(a["one_run"]["epsilon_lb"] for a in attacks.values()),
            "alpha": args.alpha,
            "canaries": None if not canaries else {"count": len(canaries["indices"]), "split": canaries["split"],
                                                   "references": len(refs), "max_exposure_bits": math.log2(len(refs))},
            "coins": None if not coins else {"kind": coins["kind"], "candidates": len(coins["indices"]),
                                             "included": int(sum(coins["included"]))},
+           "identity": identity,
            "wall_s": round(time.time() - t0, 1)}
     np.savez(out / "scores.npz", **scores)
     write_json(out / "audit.json", res)
     plot_roc({run.name: scores}, out / "roc.png")
+    if people:
+        plot_roc({f"{run.name}, per person": people}, out / "identity_roc.png")
     if coins:
         plot_one_run({run.name: res}, out / "one_run.png")
     print_summary(res)
-    print(f"wrote {out / 'audit.json'}, scores.npz, roc.png, copies.png" + (", one_run.png" if coins else ""))
+    print(f"wrote {out / 'audit.json'}, scores.npz, roc.png, copies.png" + (", one_run.png" if coins else "")
+          + (", identity_roc.png" if people else ""))
     return res
 
 
@@ -560,7 +626,9 @@ def plot_over_training(res: dict, path) -> None:
     pyplot.close(fig)
 
 
-ATTACK_TITLES = {"white_box": "white-box (discriminator logit)", "black_box": "black-box (distance to nearest sample)",
+ATTACK_TITLES = {"white_box": "white-box (discriminator logit)",
+                 "white_box_calibrated": "white-box, calibrated (− reference model's logit)",
+                 "black_box": "black-box (distance to nearest sample)",
                  "black_box_calibrated": "black-box, calibrated (÷ distance to held-out)"}
 
 
@@ -627,12 +695,19 @@ def print_summary(res: dict) -> None:
         if r.get("exposure"):
             line += " | exposure (mean bits) " + ", ".join(f"R={k}: {v['mean']:.2f}" for k, v in r["exposure"].items())
         print(line)
+    idn = res.get("identity") or {}
+    for att, r in idn.get("attacks", {}).items():
+        o = r["one_run"]
+        print(f"  identity {att:<21} AUC {r['auc']:.3f} | TPR@1%FPR {r['tpr_at_fpr']['0.01']:.3f} | one-run ε_lb "
+              f"{o['epsilon_lb']:.3f} ({o['v']}/{o['r']} of m = {o['m']} people, {idn['attack_photos_per_person']} "
+              "attack photos each)")
     c = res["copies"]
     print(f"  pixel-space copies: {c['copying_rate']:.1%} of {c['generated']} samples are nearer a member than every "
           f"non-member (permutation p = {c['p_value']:.3f}; 50% expected without copying); "
           f"{c['fraction_ratio_below_0.5']:.2%} at most half as far")
     claimed = res["claimed_epsilon"]
-    worst = res["one_run_epsilon_lb"] or 0.0
+    worst = max(res["one_run_epsilon_lb"] or 0.0,  # a person's bound tests the claim only if the person is the unit
+                (idn.get("one_run_epsilon_lb") or 0.0) if res.get("privacy_unit") == "identity" else 0.0)
     if claimed is not None and worst > claimed:
         print(f"WARNING: the one-run lower bound {worst:.3f} exceeds the claimed ε = {claimed:.3f}: with probability "
               ">= 1 - alpha the DP guarantee is violated (an implementation or accounting bug)")

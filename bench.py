@@ -148,7 +148,9 @@ def job_profile(batch: int, iters: int, device: str, threads: int, width: int = 
     device = torch.device(device)
     _, D, optD, privacy, real, fake = _setup("ghost", batch, device, width)
     _, D_np, opt_np, np_priv, _, _ = _setup("non-private", batch, device, width)
-    clipper, n = privacy.clipper, len(real)
+    from ghost_clipping import Units
+
+    clipper, pairs = privacy.clipper, Units(len(real))
     convs = {name: m for name, m in D.named_modules() if m in clipper.layers and isinstance(m, torch.nn.Conv2d)}
 
     def skeleton(norm_of=None):
@@ -156,7 +158,7 @@ def job_profile(batch: int, iters: int, device: str, threads: int, width: int = 
         for m, a, g in zip(clipper.layers, acts, grads):
             if isinstance(m, torch.nn.Conv2d):
                 if m is norm_of:
-                    clipper._conv_sq_norms(m, a, g, n)
+                    clipper._conv_sq_norms(m, a, g, pairs)
                 clipper._conv_weight_grad(m, a, g)
 
     phases = {"non_private_step": lambda: np_priv.d_step(D_np, opt_np, real, fake),

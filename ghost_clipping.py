@@ -30,6 +30,12 @@ that un-normalised sum in ``p.grad``, which is what Opacus' fast-gradient-clippi
 accountant hook counts their steps. ``clipping="per-layer"`` clips each block (a convolution and the norm
 layers after it) to C/√L instead, so a pair's clipped gradient still has norm ≤ C (McMahan et al. 2018).
 
+User-level DP (``unit_of``): a unit is every pair of one person, its gradient g_u = Σ_{i∈u} g_i, so
+‖g_u‖² = Σ_{r,r'} ⟨G_r, G_r'⟩ over every two rows (images) r, r' of the unit: the same Gram products for each pair
+of rows of a unit (cross terms weighted 2), and materialised gradients summed per unit. A pair is the unit of 2
+rows, whose three row pairs are the blocks above. The cost grows with the square of a unit's rows
+(train_dcgan_dp.py --max-photos-per-unit caps it).
+
 Supported layers: Conv2d (groups 1, dilation 1, zero padding) and GroupNorm; anything else with trainable
 parameters is a ValueError. Tests compare norms and clipped sums with per-pair autograd in float64
 (tests/test_ghost_clipping.py).
@@ -39,6 +45,52 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class Units:
+    """Which rows of the forward batch [first; second] form one clipping unit. Pairs (``unit_of`` None): row i and
+    row n + i, one unit per pair. Groups: ``unit_of[i]`` in 0..U-1 is the unit of pair i (e.g. its person), so a
+    unit is every pair of that group, and its gradient is the sum of their pair gradients."""
+
+    def __init__(self, n: int, unit_of: torch.Tensor | None = None, device=None):
+        self.pairs = unit_of is None
+        self.n = n
+        self.rows = torch.arange(n, device=device).repeat(2) if self.pairs else unit_of.to(device).repeat(2)
+        self.count = n if self.pairs else (int(unit_of.max()) + 1 if n else 0)
+
+    def rows_to_units(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-row values (2n, ...) summed per unit: (U, ...)."""
+        if self.pairs:
+            return x[:self.n] + x[self.n:]
+        return x.new_zeros((self.count,) + x.shape[1:]).index_add_(0, self.rows, x)
+
+    def row_pairs(self, step: int):
+        """Chunks (rows u, rows v, weight, unit) covering every unordered pair of rows {u, v} within a unit once,
+        u = v included (weight 1; 2 for u != v): Σ over them of weight·<G_u, G_v> is the unit's squared norm.
+        Pairs: first-first, second-second and first-second, as slices (no copies)."""
+        n = self.n
+        if self.pairs:
+            for i in range(0, n, step):
+                j = min(n, i + step)
+                dest = torch.arange(i, j, device=self.rows.device)
+                for u0, v0, f in ((0, 0, 1.0), (n, n, 1.0), (0, n, 2.0)):
+                    yield slice(u0 + i, u0 + j), slice(v0 + i, v0 + j), f, dest
+            return
+        order = torch.argsort(self.rows, stable=True)
+        counts = torch.bincount(self.rows, minlength=self.count).tolist()
+        us, vs, ws, ds, start = [], [], [], [], 0
+        for unit, c in enumerate(counts):
+            if c:
+                iu, iv = torch.triu_indices(c, c)
+                us.append(order[start + iu])
+                vs.append(order[start + iv])
+                ws.append(torch.where(iu == iv, 1.0, 2.0))
+                ds.append(torch.full((len(iu),), unit))
+            start += c
+        u, v, w, d = (torch.cat(x) for x in (us, vs, ws, ds))
+        dev = self.rows.device
+        for i in range(0, len(u), step):
+            yield u[i:i + step].to(dev), v[i:i + step].to(dev), w[i:i + step].to(dev).view(-1), d[i:i + step].to(dev)
 
 
 class PairGhostClipper:
@@ -101,9 +153,9 @@ class PairGhostClipper:
         """Multiply-adds per pair: the ghost norms win where they are under 2/3 of materialising (measured)."""
         return 3 * ghost_cost < materialise_cost
 
-    def _conv_sq_norms(self, m, a, g, n):
-        """Squared per-pair gradient norms of a Conv2d, the per-pair weight gradients if they were materialised
-        (else None) and the per-pair bias gradients (None without a bias)."""
+    def _conv_sq_norms(self, m, a, g, units):
+        """Squared per-unit gradient norms of a Conv2d, the per-unit weight gradients if they were materialised
+        (else None) and the per-unit bias gradients (None without a bias)."""
         o, c, kh, kw = m.weight.shape
         oh, ow = g.shape[2:]
         T = oh * ow
@@ -111,28 +163,32 @@ class PairGhostClipper:
         if not self._ghost_is_cheaper(2 * T * c * kh * kw * o, len(residues) * c * (hr * wr) ** 2 + T * T * o):
             if T == 1:  # one window: a linear layer on the patch
                 patch = F.pad(a, (m.padding[1],) * 2 + (m.padding[0],) * 2)[:, :, :kh, :kw]
-                gs = torch.bmm(g.reshape(2 * n, o, 1), patch.reshape(2 * n, 1, -1))
-                gs = (gs[:n] + gs[n:]).reshape(n, -1)
-            else:  # a grouped convolution: batch 0 = first, 1 = second; one group per pair
+                gs = units.rows_to_units(torch.bmm(g.reshape(len(a), o, 1), patch.reshape(len(a), 1, -1)))
+            elif units.pairs:  # a grouped convolution: batch 0 = first, 1 = second; one group per pair
+                n = units.count
                 gs = self._conv_weight_grad(m, a.reshape(2, n * c, *a.shape[2:]), g.reshape(2, n * o, oh, ow), n)
-                gs = gs.reshape(n, -1)
+            else:  # one group per row, summed per unit
+                r = len(a)
+                gs = units.rows_to_units(self._conv_weight_grad(m, a.reshape(1, r * c, *a.shape[2:]),
+                                                                g.reshape(1, r * o, oh, ow), r).reshape(r, -1))
+            gs = gs.reshape(units.count, -1)
             sq = torch.linalg.vector_norm(gs, dim=1).square()
         else:
-            gs, sq = None, self._ghost_sq_norms(m, a, g, n, residues, hr, wr)
+            gs, sq = None, self._ghost_sq_norms(m, a, g, units, residues, hr, wr)
         gb = None
         if m.bias is not None:
-            gb = g.sum((2, 3))
-            gb = gb[:n] + gb[n:]
+            gb = units.rows_to_units(g.sum((2, 3)))
             sq = sq + gb.square().sum(1)
         return sq, gs, gb
 
-    def _ghost_sq_norms(self, m, a, g, n, residues, hr, wr):
-        """Σ_{t,s} <a_t,a_s><g_t,g_s> per pair from the stride sub-grids (module docstring), in pair chunks."""
+    def _ghost_sq_norms(self, m, a, g, units, residues, hr, wr):
+        """Σ_{t,s} <a_t,a_s><g_t,g_s> per unit, over every pair of rows of a unit (module docstring), from the
+        stride sub-grids, in chunks of row pairs."""
         (sh, sw), (oh, ow) = m.stride, g.shape[2:]
         if a.shape[2] != hr * sh or a.shape[3] != wr * sw:  # zero rows/columns up to a multiple of the stride
             a = F.pad(a, (0, wr * sw - a.shape[3], 0, hr * sh - a.shape[2]))
         idx = [i for i, _, _ in residues]
-        z = a.view(2 * n, -1, hr, sh, wr, sw).permute(0, 3, 5, 1, 2, 4).reshape(2 * n, sh * sw, -1, hr * wr)
+        z = a.view(len(a), -1, hr, sh, wr, sw).permute(0, 3, 5, 1, 2, 4).reshape(len(a), sh * sw, -1, hr * wr)
         if len(idx) < sh * sw:  # residues that no tap reads (kernel smaller than the stride)
             z = z[:, idx]
         # H[u, v] = Σ_d gg[u - d, v - d] over a residue's shifts d, held on a grid offset by -min(d) >= 0, so that
@@ -144,20 +200,19 @@ class PairGhostClipper:
         placed = [(y, x) for members in patterns.values() for _, y, x in members]  # the grid covers every window
         hz = max([oh + max(qy) for qy, _ in patterns] + [hr + y for y, _ in placed])
         wz = max([ow + max(qx) for _, qx in patterns] + [wr + x for _, x in placed])
-        gm, sq, r = g.flatten(2), g.new_zeros(n), len(residues)
+        gm, sq, r = g.flatten(2), g.new_zeros(units.count), len(residues)
         step = max(1, self.chunk_floats // (r * (hr * wr) ** 2 + len(patterns) * (hz * wz) ** 2))
-        for i in range(0, n, step):
-            j = min(n, i + step)
-            for u, v, f in ((i, i, 1.0), (n + i, n + i, 1.0), (i, n + i, 2.0)):  # first-first, second-second, cross
-                gg = torch.bmm(gm[u:u + j - i].mT, gm[v:v + j - i]).view(j - i, oh, ow, oh, ow)
-                k = torch.matmul(z[u:u + j - i].mT, z[v:v + j - i]).view(j - i, r, hr, wr, hr, wr)  # pixel Grams
-                for (qy, qx), members in patterns.items():
-                    h = gg.new_zeros(j - i, hz, wz, hz, wz)
-                    for y in qy:
-                        for x in qx:
-                            h[:, y:y + oh, x:x + ow, y:y + oh, x:x + ow] += gg
-                    for pos, y, x in members:
-                        sq[i:j] += f * (k[:, pos] * h[:, y:y + hr, x:x + wr, y:y + hr, x:x + wr]).sum((1, 2, 3, 4))
+        for u, v, f, dest in units.row_pairs(step):  # rows u[i] and v[i] of unit dest[i], weight f
+            b = len(dest)
+            gg = torch.bmm(gm[u].mT, gm[v]).view(b, oh, ow, oh, ow)
+            k = torch.matmul(z[u].mT, z[v]).view(b, r, hr, wr, hr, wr)  # pixel Grams
+            for (qy, qx), members in patterns.items():
+                h = gg.new_zeros(b, hz, wz, hz, wz)
+                for y in qy:
+                    for x in qx:
+                        h[:, y:y + oh, x:x + ow, y:y + oh, x:x + ow] += gg
+                for pos, y, x in members:
+                    sq.index_add_(0, dest, f * (k[:, pos] * h[:, y:y + hr, x:x + wr, y:y + hr, x:x + wr]).sum((1, 2, 3, 4)))
         return sq
 
     # ------------------------------------------------------------------ the clipped sum
@@ -184,35 +239,38 @@ class PairGhostClipper:
         loss = self.loss_fn(out[:n], out[n:])
         return loss, out, acts, torch.autograd.grad(loss, outs)  # per-sample loss gradients, per layer output
 
-    def backward(self, module, first, second):
-        """Set ``p.grad`` of the module's trained parameters to Σ_i min(1, C/‖g_i‖) g_i over the pairs (flat), or
-        the same per block with C/√L (per-layer); return (summed loss, outputs over [first; second])."""
+    def backward(self, module, first, second, unit_of: torch.Tensor | None = None):
+        """Set ``p.grad`` of the module's trained parameters to Σ_u min(1, C/‖g_u‖) g_u over the units (flat), or
+        the same per block with C/√L (per-layer); return (summed loss, outputs over [first; second]). A unit is a
+        pair (``unit_of`` None), or with ``unit_of`` (pair i -> unit in 0..U-1) the sum of its pairs' gradients,
+        e.g. every photo of one person (user-level DP): its squared norm has the cross terms between its pairs."""
         n = len(first)
+        units = Units(n, unit_of, first.device)
         loss, out, acts, grads = self.forward_backward(module, first, second)
-        sq = torch.zeros(self.n_blocks, n, device=first.device, dtype=out.dtype)  # per block and pair
-        per_pair = {}
+        sq = torch.zeros(self.n_blocks, units.count, device=first.device, dtype=out.dtype)  # per block and unit
+        per_unit = {}
         for m, a, g, b in zip(self.layers, acts, grads, self.blocks):
             if isinstance(m, nn.Conv2d):
-                sq_m, gw, gb = self._conv_sq_norms(m, a, g, n)
-                per_pair[m] = gw, gb
+                sq_m, gw, gb = self._conv_sq_norms(m, a, g, units)
+                per_unit[m] = gw, gb
             else:
-                gw = (F.group_norm(a, m.num_groups, eps=m.eps) * g).flatten(2).sum(2)
-                gb = g.flatten(2).sum(2)
-                per_pair[m] = gw = gw[:n] + gw[n:], gb[:n] + gb[n:]
-                sq_m = gw[0].square().sum(1) + gw[1].square().sum(1)
+                gw = units.rows_to_units((F.group_norm(a, m.num_groups, eps=m.eps) * g).flatten(2).sum(2))
+                gb = units.rows_to_units(g.flatten(2).sum(2))
+                per_unit[m] = gw, gb
+                sq_m = gw.square().sum(1) + gb.square().sum(1)
             sq[b] += sq_m
         sq = sq.clamp_min(0)
         self.last_norms = sq.sum(0).sqrt()
         bound = self.max_grad_norm / self.n_blocks ** 0.5  # C, or C / √L per block
-        scales = (bound / (sq.sqrt() + 1e-6)).clamp(max=1.0)  # Opacus' clip factor, per block and pair
+        scales = (bound / (sq.sqrt() + 1e-6)).clamp(max=1.0)  # Opacus' clip factor, per block and unit
         for m, a, g, b in zip(self.layers, acts, grads, self.blocks):
-            scale, (gw, gb) = scales[b], per_pair[m]  # per-pair weight and bias gradients (None: not formed)
+            scale, (gw, gb) = scales[b], per_unit[m]  # per-unit weight and bias gradients (None: not formed)
             if gb is not None:
                 m.bias.grad = scale @ gb
-            if gw is not None:  # materialised (GroupNorm, small convolutions): weight the per-pair gradients
+            if gw is not None:  # materialised (GroupNorm, small convolutions): weight the per-unit gradients
                 m.weight.grad = (scale @ gw).view_as(m.weight)
-            else:  # g is autograd.grad's result, used no more: scale it in place
-                m.weight.grad = self._conv_weight_grad(m, a, g.mul_(torch.cat([scale, scale]).view(-1, 1, 1, 1)))
+            else:  # g is autograd.grad's result, used no more: scale each row by its unit's factor, in place
+                m.weight.grad = self._conv_weight_grad(m, a, g.mul_(scale[units.rows].view(-1, 1, 1, 1)))
         return loss.detach(), out.detach()
 
 

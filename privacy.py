@@ -41,11 +41,13 @@ class DUpdate(Protocol):
     locked_args: tuple  # arguments a resumed run must keep (with train_dcgan's)
 
     def check_args(self, args) -> None: ...
-    def make_private(self, D, optD, *, n_train, batch_size, steps_per_epoch, total_steps, state=None) -> tuple: ...
+    def make_private(self, D, optD, *, n_train, batch_size, steps_per_epoch, total_steps, state=None,
+                     people=None) -> tuple: ...
     def distribute(self, D): ...  # under torchrun
     def unwrap(self, D): ...  # the plain discriminator (for checkpoints)
     def batches(self, gen, n: int, steps: int): ...  # an epoch's batches of indices into the training set
-    def d_step(self, D, optD, real, fake) -> tuple: ...  # (D loss, mean D(x), mean D(G(z)))
+    def units(self, idx): ...  # the privacy unit of each row of a batch (None: each row its own)
+    def d_step(self, D, optD, real, fake, units=None) -> tuple: ...  # (D loss, mean D(x), mean D(G(z)))
     def frozen(self, D): ...  # a context in which G steps through D without touching D's gradients
     def epsilon(self, step=None, final=False): ...  # the log's ε (None: non-private)
     def state_dict(self): ...  # the ledger in the checkpoint
@@ -78,7 +80,10 @@ class NonPrivate:
     def batches(self, gen, n, steps):
         return gan.shuffled_batches(gen, n, steps)
 
-    def d_step(self, D, optD, real, fake):
+    def units(self, idx):
+        return None
+
+    def d_step(self, D, optD, real, fake, units=None):
         optD.zero_grad(set_to_none=True)
         stats = gan.d_forward_backward(D, real, fake) if len(real) else (float("nan"),) * 3
         if dist_world()[1] > 1:
@@ -142,9 +147,9 @@ class GhostBackend:
             if p.requires_grad:
                 p.grad = torch.zeros_like(p)
 
-    def backward(self, D, real, fake):
+    def backward(self, D, real, fake, units=None):
         try:
-            loss, out = self.clipper.backward(D, real, fake)
+            loss, out = self.clipper.backward(D, real, fake, units)
         except ValueError as e:
             raise UserError(f"--grad-sample-mode ghost: {e}, or use --grad-sample-mode hooks") from None
         n = len(real)
@@ -185,7 +190,8 @@ class OpacusBackend:
             if p.requires_grad:
                 p.grad_sample = torch.zeros((0,) + tuple(p.shape), device=p.device, dtype=p.dtype)
 
-    def backward(self, D, real, fake):
+    def backward(self, D, real, fake, units=None):
+        assert units is None, "the Opacus modes clip per pair (check_args refuses --privacy-unit identity)"
         return gan.d_forward_backward(D, real, fake)
 
 
@@ -220,12 +226,13 @@ class DPSGD:
 
     private = True
     locked_args = ("epsilon", "noise_multiplier", "delta", "max_grad_norm", "clipping", "accountant", "poisson",
-                   "grad_sample_mode", "secure_rng")
+                   "grad_sample_mode", "secure_rng", "max_photos_per_unit", "dp_unit")
     LIVE_EVALUATIONS = 10  # how often per run the log's ε is evaluated anew (exact at the end)
 
     def __init__(self, args):
         self.args = args
         self.engine = None
+        self.unit = getattr(args, "dp_unit", None) or args.privacy_unit  # what is sampled, clipped and accounted
         self.backend = GhostBackend(args) if args.grad_sample_mode == "ghost" else OpacusBackend(args)
 
     @property
@@ -249,13 +256,26 @@ class DPSGD:
         if getattr(args, "memorization_rejection", None) is not None or getattr(args, "mr_quantile", None) is not None:
             raise UserError("memorization rejection reads the training set at every G step, so G's steps would not be "
                             "post-processing and ε would not hold; use it with train_dcgan.py")
+        if self.unit == "identity" and args.privacy_unit != "identity":
+            raise UserError("--dp-unit identity needs the data drawn by person: add --privacy-unit identity")
+        m = args.max_photos_per_unit
+        if m is not None and (m < 1 or self.unit != "identity"):
+            raise UserError(f"--max-photos-per-unit takes a positive count and needs person-level DP (--privacy-unit "
+                            f"identity), got {m}")
+        if self.unit == "identity" and (args.grad_sample_mode != "ghost" or args.max_physical_batch_size
+                                                 or not args.poisson):
+            raise UserError("--privacy-unit identity clips each person's summed gradient in ghost mode only: drop "
+                            "--grad-sample-mode, --max-physical-batch-size and --no-poisson")
         if args.clipping != "flat" and args.grad_sample_mode != "ghost":
             raise UserError(f"--clipping {args.clipping} needs --grad-sample-mode ghost (the Opacus modes clip flat); "
                             "drop --grad-sample-mode or use --clipping flat")
 
-    def make_private(self, D, optD, *, n_train, batch_size, steps_per_epoch, total_steps, state=None):
+    def make_private(self, D, optD, *, n_train, batch_size, steps_per_epoch, total_steps, state=None,
+                     people=None):
         """Calibrate σ (or take it from ``state``, the checkpoint's ledger), wrap D and its optimizer, attach the
-        accountant; refuses a run whose total steps would spend more than the target ε."""
+        accountant; refuses a run whose total steps would spend more than the target ε. ``n_train`` counts the
+        planned images; ``people`` = (planned people, each training row's person as 0..U-1): with person-level DP
+        people are Poisson-sampled and clipped, and the accountant's q is per person."""
         from opacus import PrivacyEngine
         from opacus.accountants.utils import get_noise_multiplier
         from opacus.validators import ModuleValidator
@@ -264,7 +284,15 @@ class DPSGD:
         errors = ModuleValidator.validate(D, strict=False)
         if errors:
             raise UserError(f"discriminator is not DP-compatible: {errors[0]}")
+        self.unit_of = None
+        if self.unit == "identity":
+            if people is None:
+                raise UserError("person-level DP needs the training rows' people (train_dcgan.train passes them)")
+            n_train, self.unit_of = people
         self.n_train, self.sample_rate, self.total_steps = n_train, 1.0 / steps_per_epoch, total_steps
+        if self.unit_of is not None and dist_world()[1] > 1:
+            raise UserError("--privacy-unit identity under torchrun would split a person's photos over ranks (each "
+                            "clipped on its own); train it in one process")
         if a.delta >= 1.0 / n_train:
             warnings.warn(f"--delta {a.delta:g} >= 1/N = {1 / n_train:.2g}: such a delta allows leaking a whole "
                           "example; use delta << 1/N", stacklevel=2)
@@ -323,17 +351,36 @@ class DPSGD:
             return
         if self.engine.secure_rng is not None:
             gen = self.engine.secure_rng  # cryptographically secure sampling; not reproducible
+        if self.unit_of is None:
+            for _ in range(steps):
+                yield torch.nonzero(torch.rand(n, generator=gen) < self.sample_rate).flatten()
+            return
+        unit_of, m = self.unit_of, self.args.max_photos_per_unit  # people: each joins with probability q
         for _ in range(steps):
-            yield torch.nonzero(torch.rand(n, generator=gen) < self.sample_rate).flatten()
+            rows = torch.nonzero((torch.rand(int(unit_of.max()) + 1, generator=gen) < self.sample_rate)[unit_of])
+            rows = rows.flatten()
+            if m is not None and len(rows):  # at most m photos per person: a random subset, drawn anew each step
+                key = unit_of[rows].double() + torch.rand(len(rows), generator=gen, dtype=torch.float64)
+                rows = rows[torch.argsort(key)]
+                u = unit_of[rows]
+                first = torch.searchsorted(u, u)  # where each row's person starts in the sorted batch
+                rows = rows[torch.arange(len(rows)) - first < m].sort().values
+            yield rows
+
+    def units(self, idx):
+        """Each row's person as 0..U-1 within the batch (None at image level: each pair is its own unit)."""
+        if self.unit_of is None:
+            return None
+        return torch.unique(self.unit_of[idx.cpu()], return_inverse=True)[1]
 
     def empty_batch(self, D):
         """A step with no real example: zero per-sample gradients, noise is still added."""
         self.backend.empty_batch(D)
 
-    def d_step(self, D, optD, real, fake):
-        """One DP-SGD step over physical chunks of at most --max-physical-batch-size pairs: per-pair clipped
-        gradients are summed over the chunks and the noise is added once. An empty batch still takes a noisy
-        step (and is counted by the accountant)."""
+    def d_step(self, D, optD, real, fake, units=None):
+        """One DP-SGD step over physical chunks of at most --max-physical-batch-size pairs: per-pair (or with
+        ``units``, per-person) clipped gradients are summed over the chunks and the noise is added once. An empty
+        batch still takes a noisy step (and is counted by the accountant)."""
         optD.zero_grad(set_to_none=True)
         b = len(real)
         if not b:
@@ -343,7 +390,8 @@ class DPSGD:
         chunk = self.args.max_physical_batch_size or b
         sums = torch.zeros(3)
         for i in range(0, b, chunk):
-            stats = self.backend.backward(D, real[i:i + chunk], fake[i:i + chunk])
+            # with units (people) there is one chunk: check_args refuses --max-physical-batch-size
+            stats = self.backend.backward(D, real[i:i + chunk], fake[i:i + chunk], units)
             sums += torch.tensor(stats) * len(real[i:i + chunk])
             last = i + chunk >= b
             optD.signal_skip_step(do_skip=not last)  # accumulate clipped sums; noise once, at the end
@@ -378,13 +426,17 @@ class DPSGD:
                 "max_grad_norm": a.max_grad_norm, "clipping": a.clipping, "sample_rate": self.sample_rate,
                 "expected_batch_size": self.n_train * self.sample_rate, "accountant": a.accountant,
                 "poisson_sampling": a.poisson, "grad_sample_mode": a.grad_sample_mode, "secure_rng": a.secure_rng,
-                "max_physical_batch_size": a.max_physical_batch_size, "planned_steps": self.total_steps}
+                "max_physical_batch_size": a.max_physical_batch_size, "planned_steps": self.total_steps,
+                "privacy_unit": self.unit, "units_planned": self.n_train,
+                "max_photos_per_unit": a.max_photos_per_unit}
 
     def summary(self):
         a = self.args
         target = f"target ε = {a.epsilon}" if a.epsilon is not None else "no target ε"
         blocks = f", {self.clipper.n_blocks} blocks" if a.clipping != "flat" else ""
-        return (f"DP-SGD on D: {target}, δ = {a.delta:g}, σ = {self.noise_multiplier:.4f}, C = {a.max_grad_norm} "
+        cap = "" if a.max_photos_per_unit is None else f", at most {a.max_photos_per_unit} per step"
+        unit = "" if self.unit == "image" else f", unit: one PERSON (all photos{cap})"
+        return (f"DP-SGD on D{unit}: {target}, δ = {a.delta:g}, σ = {self.noise_multiplier:.4f}, C = {a.max_grad_norm} "
                 f"({a.clipping}{blocks}), q = {self.sample_rate:.5f} "
                 f"({'Poisson' if a.poisson else 'shuffled, NOT Poisson'}), {self.total_steps} steps -> "
                 f"ε = {self.epsilon_at(self.total_steps):.3f} ({a.accountant})")
@@ -395,7 +447,8 @@ class DPSGD:
         out = {"epsilon": epsilon_of(self.args.accountant, ledger, self.args.delta),
                "delta": self.args.delta, "noise_multiplier": self.noise_multiplier, "sample_rate": self.sample_rate,
                "dp_steps": steps, "accountant": self.args.accountant, "max_grad_norm": self.args.max_grad_norm,
-               "target_epsilon": self.args.epsilon, "poisson_sampling": self.args.poisson}
+               "target_epsilon": self.args.epsilon, "poisson_sampling": self.args.poisson,
+               "privacy_unit": self.unit}
         for acc in ("rdp", "prv"):  # the same ledger under both accountants, for transparency
             out[f"epsilon_{acc}"] = epsilon_of(acc, ledger, self.args.delta)
         return out

@@ -540,6 +540,76 @@ def frontier_report(s: dict, out: Path, entries: list, n: int, t0: float) -> dic
     return result
 
 
+IDENTITY_COLUMNS = [("model", "model", None), ("DP unit", "dp_unit", None), ("ε", "epsilon", ".2f"),
+                    ("ε for a person (bound)", "person_bound", None), ("people / photos trained", "trained", None),
+                    ("image AUC white-box", "image_auc_white", ".3f"),
+                    ("image AUC white-box calibrated", "image_auc_white_cal", ".3f"),
+                    ("identity AUC white-box", "id_auc_white", ".3f"),
+                    ("identity AUC white-box calibrated", "id_auc_white_cal", ".3f"),
+                    ("identity AUC black-box calibrated", "id_auc_black_cal", ".3f"),
+                    ("identity TPR@1%FPR (best attack)", "id_tpr_1pct", ".3f"),
+                    ("identity AUC, control (reference model)", "id_auc_control", ".3f"),
+                    ("identity ε_lb one-run", "id_epsilon_lb", ".2f"), ("copying rate, pixel (p)", "copying_rate", "copy"),
+                    ("train min", "train_min", ".1f")]
+
+
+def identity_row(name: str, run: Path) -> dict:
+    """One model of the identity study: its guarantee per image and per person and both levels' audits."""
+    from utils import read_json
+
+    res, cfg, au = (read_json(run / f) for f in ("results.json", "config.json", "audit/audit.json"))
+    eps, unit = res.get("epsilon"), res.get("privacy_unit")
+    photos = cfg["identities"]["images_per_identity"]["max"]  # a trained person's photos (at most)
+    att, idn = au["attacks"], au["identity"]["attacks"]
+    get = lambda a, k: (a.get(k) or {}).get("auc")  # noqa: E731
+    best = max(idn.values(), key=lambda a: a["auc"])
+    bound = "none" if eps is None else f"{eps:.2f} (person-level DP)" if unit == "identity" else \
+        f"{photos} x {eps:.2f} = {photos * eps:.0f} (group privacy, {photos} photos)"
+    return {"model": name, "dp_unit": unit or "—", "epsilon": eps, "delta": res.get("delta"),
+            "person_bound": bound, "photos_per_person_max": photos,
+            "trained": f"{cfg['identities']['identities']} / {cfg['n_train']}",
+            "image_auc_white": get(att, "white_box"), "image_auc_white_cal": get(att, "white_box_calibrated"),
+            "image_auc_black_cal": get(att, "black_box_calibrated"),
+            "id_auc_white": get(idn, "white_box"), "id_auc_white_cal": get(idn, "white_box_calibrated"),
+            "id_auc_black_cal": get(idn, "black_box_calibrated"), "id_tpr_1pct": best["tpr_at_fpr"]["0.01"],
+            "id_epsilon_lb": au["identity"]["one_run_epsilon_lb"], "id_people": au["identity"]["people"],
+            "id_auc_control": au["identity"].get("control_reference_model_auc"),
+            "copying_rate": au["copies"]["copying_rate"], "copying_p": au["copies"]["p_value"],
+            "train_min": res["wall_s"] / 60, "identity_audit": au["identity"]}
+
+
+def identity_report(s: dict, out: Path, entries: list, reference, t0: float) -> dict:
+    """identity.md and identity.json: each model's guarantee for a person and its image- and identity-level
+    audits; ``entries``: [(model, script, argv)]."""
+    from data import load_npz
+    from utils import pick_device, versions, write_json
+
+    rows = [identity_row(name, out / "runs" / name) for name, _, _ in entries]
+    result = {"settings": {k: v for k, v in s.items() if not k.endswith("_list")}, "rows": rows,
+              "commands": {name: command(script, argv) for name, script, argv in entries},
+              "reference_run": None if reference is None else command("train_dcgan", reference),
+              "hardware": hardware(pick_device(s["device"])), "versions": versions(),
+              "this_invocation_s": round(time.time() - t0, 1)}
+    write_json(out / "identity.json", result)
+    unit = {"image": "image", "identity": "person"}
+    plot_image_panels({r["model"] + (f" (ε = {r['epsilon']:.2f} per {unit[r['dp_unit']]})" if r["epsilon"] else ""):
+                       load_npz(out / "runs" / r["model"] / "samples.npz")[:64] for r in rows},
+                      out / "identity_samples.png", "samples of every model of the identity study (the same noise)",
+                      ncols=len(rows))
+    m = rows[0]["id_people"]
+    md = [f"The person as the privacy unit: {m} candidate people (one coin each), identity-level attacks over their "
+          "held-back photos; image-level attacks over training photos against held-out photos of other people.", "",
+          markdown_table(rows, IDENTITY_COLUMNS), "", "Commands:", ""]
+    md += [f"- {name}: `{c}`" for name, c in result["commands"].items()]
+    if reference is not None:
+        md.append(f"- reference model of the calibrated white-box attack: `{result['reference_run']}`")
+    (out / "identity.md").write_text("\n".join(md) + "\n")
+    print(markdown_table(rows, IDENTITY_COLUMNS))
+    print(f"wrote {out / 'identity.md'}, identity.json, identity_samples.png ({(time.time() - t0) / 60:.1f} min this "
+          "invocation)")
+    return result
+
+
 def frontier_samples(rows, out: Path) -> dict:
     """The first 64 samples of each model (samples.npz: the same latent noise for all) and of the early-stopping
     checkpoint (drawn from it with that noise)."""
@@ -608,6 +678,7 @@ FIGURE_SOURCES = [
     ("study-over-training.png", "outputs/reproduce/runs/n250-non-private-snapshots/audit-over-training",
      "over_training.png"),
     ("study-frontier-samples.png", "outputs/reproduce", "frontier_samples.png"),
+    ("identity-samples.png", "outputs/reproduce-identity", "identity_samples.png"),
 ]
 
 

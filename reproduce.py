@@ -5,6 +5,7 @@ non-private vs DP-SGD; and the levers study of docs/levers.md.
   python reproduce.py --data-root ROOT --inception-weights W.pth        # the study on CelebA (32px grayscale)
   python reproduce.py --levers --data-root ROOT --public-root PUBLIC    # the privacy-utility levers study
   python reproduce.py --frontier --data-root ROOT --inception-weights W.pth   # the defences at the smallest N
+  python reproduce.py --identity --data-root ROOT --public-root PUBLIC   # the person as the privacy unit
   python reproduce.py --figures docs/figures                 # the docs' figures, from the finished studies
 
 The study. For each N in --train-sizes, 2N candidate images of the train split (one per near-duplicate group)
@@ -28,6 +29,13 @@ non-private model's snapshots, audit.py --over-training) and no defence. It shar
 study's models at that N are reused, not retrained. Writes OUT/frontier.md, frontier.json, frontier.png and
 frontier_samples.png.
 
+The person as the privacy unit (--identity, docs/identity.md). On CelebA split by person, IDENTITY_PEOPLE people
+drawn with one coin each (2x as many candidates), IDENTITY_ATTACK_PHOTOS photos of every candidate held back as
+the attacker's: a non-private model, image-level DP and person-level DP at each --epsilons, each audited per image
+and per person (audit.py's identity audit, white-box calibrated by a reference model trained the same way on
+--public-root photos of other people). Writes OUT/identity.md, identity.json and identity_samples.png (default
+OUT: outputs/reproduce-identity).
+
 Idempotent and resumable: a finished stage whose settings match is reused; an interrupted training run
 resumes from its checkpoint; changing a setting reruns only the stages it affects. Several machines on a shared
 folder: give each a share of the models with --only (same flags and --out otherwise), then run the command once
@@ -36,6 +44,7 @@ more without --only: it reuses every stage and writes the report.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -67,6 +76,13 @@ FRONTIER_EPSILONS = "1,2,4,8,16,64"  # DP as a curve: the study's 1 and 8 with f
 MR_QUANTILES = (0.05, 0.25, 0.5)  # memorization rejection's tau: these quantiles of held-out images' distances
 AUGMENTATIONS = ("translation,flip", "translation,cutout,flip")  # DiffAugment on (the DP recipe's ops), stronger
 CHECKPOINTS = 6  # early stopping: the non-private model every 1/6 of its steps
+# The person as the privacy unit (--identity): few people with many photos, many passes (a setting that leaks)
+IDENTITY_PEOPLE = 10  # N people in training (2N candidates, one coin each)
+IDENTITY_ATTACK_PHOTOS = 5  # photos of every candidate held back from training: the attacker's
+IDENTITY_EPOCHS = 800  # many passes: at 240 (the study's budget) D memorizes photos, not people (docs/identity.md)
+IDENTITY_SUBSET_SEED = 1  # people and coins that the runs which chose this setting never used
+IDENTITY_MAX_PHOTOS = 8  # person-level DP: at most this many of a sampled person's photos per step
+IDENTITY_REFERENCE_PHOTOS = 250  # the reference model's public photos (about as many as the models train on)
 
 
 def build_parser():
@@ -76,6 +92,9 @@ def build_parser():
     p.add_argument("--frontier", action="store_true",
                    help="the defences (DP at many ε, memorization rejection, augmentation, early stopping) at the "
                         "study's smallest N, on one utility-memorization frontier")
+    p.add_argument("--identity", action="store_true",
+                   help="the person as the privacy unit: non-private, image-level and person-level DP models on "
+                        "data drawn by person, each audited per image and per person (CelebA with identity labels)")
     p.add_argument("--figures", default=None, metavar="DIR",
                    help="write the docs' figures to DIR from the finished studies under outputs/ (and the "
                         "quickstart runs), then exit")
@@ -110,7 +129,7 @@ def build_parser():
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--cache-dir", default=os.environ.get("DCGAN_CACHE_DIR", "outputs/cache"),
                    help="decoded-image and feature cache ('' disables)")
-    p.add_argument("--out", default=None, help="study folder (default outputs/reproduce[-quick|-levers])")
+    p.add_argument("--out", default=None, help="study folder (default outputs/reproduce[-quick|-levers|-identity])")
     p.add_argument("--rows", default=None,
                    help="with --levers: comma-separated row numbers to run (0-%d, the numbers of the run folders; "
                         "default all)" % (len(LEVERS) - 1))
@@ -329,8 +348,10 @@ def reproduce(args) -> dict:
         return report.figures(Path(args.figures))
     if args.levers and args.only is not None:
         raise UserError("--only selects models of the study; with --levers use --rows")
-    if args.levers and args.frontier:
-        raise UserError("give --levers or --frontier, not both")
+    if sum(map(bool, (args.levers, args.frontier, args.identity))) > 1:
+        raise UserError("give one of --levers, --frontier and --identity")
+    if args.identity:
+        return identity(args)
     if args.levers:
         return levers(args)
     if args.frontier:
@@ -434,6 +455,58 @@ def frontier(args) -> dict:
     run_stages(stages, s["jobs"], int(s["threads"]) if str(s["threads"]).isdigit() else 1, out / "logs",
                progress=not args.no_progress)
     return report.frontier_report(s, out, entries, n, t0)
+
+
+# ----------------------------------------------------------------------------- the person as the privacy unit
+def identity_plan(s: dict, out: Path) -> tuple:
+    """([(model, script, argv)], the reference run's argv or None) of the identity study: the same people, coins
+    and attack photos for every model."""
+    base = common_argv(s) + ["--split-unit", "identity", "--privacy-unit", "identity", "--train-size",
+                             str(IDENTITY_PEOPLE), "--coin-subset", "--attack-photos", str(IDENTITY_ATTACK_PHOTOS),
+                             "--epochs", str(IDENTITY_EPOCHS), "--subset-seed", str(IDENTITY_SUBSET_SEED)]
+    entries = [("non-private", "train_dcgan", base)]
+    for e in s["epsilon_list"]:
+        dp = base + ["--epsilon", f"{e:g}", "--delta", f"{s['delta']:g}"]
+        entries.append((f"image-dp-eps{e:g}", "train_dcgan_dp", dp + ["--dp-unit", "image"]))
+        entries.append((f"person-dp-eps{e:g}", "train_dcgan_dp", dp + ["--max-photos-per-unit", str(IDENTITY_MAX_PHOTOS)]))
+    reference = None
+    if s["public_root"]:  # the non-private recipe on about as many photos of other people (none of --data-root's)
+        reference = [a if a != str(s["data_root"]) else str(s["public_root"]) for a in common_argv(s)
+                     if a != "--random-split"]
+        reference += ["--exclude-from", str(s["data_root"]), "--train-size", str(IDENTITY_REFERENCE_PHOTOS),
+                      "--epochs", str(IDENTITY_EPOCHS)]
+    return [(name, script, argv + ["--out", str(out / "runs" / name)]) for name, script, argv in entries], \
+        None if reference is None else reference + ["--out", str(out / "runs" / "reference-public")]
+
+
+def identity(args) -> dict:
+    t0 = time.time()
+    if args.only is not None or args.rows is not None:
+        raise UserError("--only and --rows select models of the study and the levers study, not of --identity")
+    s = settings(args)
+    if s["data"] != "celeba":
+        raise UserError("--identity needs photos with identity labels: CelebA (--data-root; the bundled digits have "
+                        "no people)")
+    out = Path(args.out or "outputs/reproduce-identity")
+    entries, reference = identity_plan(s, out)
+    print(f"the person as the privacy unit -> {out}")
+    print(f"  {IDENTITY_PEOPLE} people in training (of {2 * IDENTITY_PEOPLE} candidates, one coin each), "
+          f"{IDENTITY_ATTACK_PHOTOS} attack photos per candidate, {IDENTITY_EPOCHS} epochs; ε {s['epsilons']} "
+          f"per image and per person (at most {IDENTITY_MAX_PHOTOS} photos of a person per step)")
+    stages, ref_deps = [], ()
+    if reference is not None:
+        stages.append(Stage("reference-public", "training", "train_dcgan:train", reference, (), cost=1.0))
+        ref_deps = (stages[-1].name,)
+    for name, script, argv in entries:
+        run = out / "runs" / name
+        train = Stage(name, "training", f"{script}:train", argv, (), cost=1.3 if script == "train_dcgan_dp" else 1.0)
+        aud = audit_stage(name, run, s, (train.name,) + ref_deps)
+        if reference is not None:
+            aud = dataclasses.replace(aud, argv=aud.argv + ["--reference-run", _value(reference, "--out", "")])
+        stages += [train, aud]
+    run_stages(stages, s["jobs"], int(s["threads"]) if str(s["threads"]).isdigit() else 1, out / "logs",
+               progress=not args.no_progress)
+    return report.identity_report(s, out, entries, reference, t0)
 
 
 # ----------------------------------------------------------------------------- the levers study

@@ -49,14 +49,16 @@ RESUME_LOCKED = ("data", "data_root", "image_size", "channels", "nz", "ngf", "nd
                  "canary_repeats", "canary_split", "canary_seed", "train_size", "coin_subset", "audit_canaries",
                  "subset_seed", "d_steps", "g_steps", "g_batch_size", "freeze_d", "adaptive_d_steps", "adaptive_grace",
                  "ema_decay", "ema_warmup", "init_from", "mode_seeking", "augment", "g_lr_scale", "skip_subset",
-                 "identity_file", "split_unit", "memorization_rejection", "mr_quantile")
+                 "identity_file", "split_unit", "memorization_rejection", "mr_quantile", "privacy_unit",
+                 "attack_photos")
 # The value a locked argument had before it existed: checkpoints written earlier resume only if it still holds.
 LOCKED_BEFORE = {"dedup_threshold": None, "exclude_from": None, "train_size": None, "coin_subset": False,
                  "audit_canaries": 0, "subset_seed": 0, "d_steps": 1, "g_steps": 1, "g_batch_size": None, "freeze_d": 0,
                  "adaptive_d_steps": None,
                  "adaptive_grace": 50, "ema_decay": 0.0, "ema_warmup": 10.0, "init_from": None, "mode_seeking": 0.0,
                  "augment": "", "clipping": "flat", "g_lr_scale": 1.0, "skip_subset": 0, "identity_file": None,
-                 "split_unit": "image", "memorization_rejection": None, "mr_quantile": None}
+                 "split_unit": "image", "memorization_rejection": None, "mr_quantile": None,
+                 "privacy_unit": "image", "attack_photos": 0, "max_photos_per_unit": None, "dp_unit": None}
 PATH_ARGS = ("data_root", "exclude_from", "init_from", "identity_file")  # compared as the files they name
 # Epoch-end checkpoints at least this many D steps apart: at small N an epoch is a couple of steps, and saving G, D,
 # the EMA and both optimizers after each of them was a large share of the run. An interrupted run loses less.

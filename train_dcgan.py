@@ -58,6 +58,12 @@ def build_parser(prog="train_dcgan.py", description=None, defaults=None) -> argp
     g.add_argument("--split-unit", default="image", choices=["image", "identity"],
                    help="what a seeded split (--random-split, or no partition file) keeps whole besides near-duplicate "
                         "groups: single images, or all images of a person")
+    g.add_argument("--privacy-unit", default="image", choices=["image", "identity"],
+                   help="what --train-size, --coin-subset and --audit-canaries draw, and (train_dcgan_dp.py) what DP-SGD "
+                        "samples, clips and accounts for: one image, or one person with all their photos")
+    g.add_argument("--attack-photos", type=int, default=0, metavar="K",
+                   help="with --privacy-unit identity and audit coins: hold back K photos of every candidate person "
+                        "from training, the attacker's photos of audit.py's identity membership audit")
     g.add_argument("--train-size", type=int, default=None, metavar="N",
                    help="train on N images of the train split (a seeded subset, one per near-duplicate group)")
     g.add_argument("--coin-subset", action="store_true",
@@ -202,6 +208,11 @@ def check_args(args) -> None:
                         f"always trained), got {args.freeze_d}")
     if args.g_batch_size is not None and args.g_batch_size <= 0:
         raise UserError(f"--g-batch-size must be positive, got {args.g_batch_size}")
+    if args.attack_photos < 0:
+        raise UserError(f"--attack-photos must be >= 0, got {args.attack_photos}")
+    if args.attack_photos and not (args.privacy_unit == "identity" and (args.coin_subset or args.audit_canaries)):
+        raise UserError("--attack-photos holds back photos of coin-flipped people: it needs --privacy-unit identity "
+                        "and --coin-subset (or --audit-canaries)")
     if args.coin_subset and args.train_size is None:
         raise UserError("--coin-subset needs --train-size N (it draws 2N candidates)")
     if args.memorization_rejection is not None and args.mr_quantile is not None:
@@ -271,7 +282,7 @@ def build_state(args, run, td, privacy, plan: dict):
         D = privacy.distribute(D)  # DP: noise on rank 0 only, clipped sums all-reduced -> one DP step
     D, optD = privacy.make_private(D, optD, n_train=td.n_planned, batch_size=args.batch_size,
                                    steps_per_epoch=plan["steps_per_epoch"], total_steps=plan["total_steps"],
-                                   state=ckpt["privacy"] if ckpt else None)
+                                   state=ckpt["privacy"] if ckpt else None, people=(td.n_units_planned, td.unit_of))
     state = TrainState(G, D, privacy.unwrap(D), G_ema, optG, optD, sched)
     if ckpt is not None:
         optG.load_state_dict(ckpt["optG"])
@@ -302,14 +313,14 @@ def memorization_rejection(args, td, device):
                                                                                           0.25, 0.5)} if len(ref) else {}}
 
 
-def train_step(state: TrainState, privacy, real_u8, args, run, g_batch: int) -> dict:
+def train_step(state: TrainState, privacy, real_u8, args, run, g_batch: int, units=None) -> dict:
     """One D step on this batch of real images (the only read of real data) and, when K D steps are done, the G
     steps (fresh noise, no real data). Returns the step's log record."""
     real = data_mod.to_float(real_u8)
     with torch.no_grad():
         fake = state.G(torch.randn(len(real), args.nz, device=run.device))
     real, fake = gan.augment(real, args.augment), gan.augment(fake, args.augment)  # each image on its own
-    loss_d, d_x, d_gz = privacy.d_step(state.D, state.optD, real, fake)
+    loss_d, d_x, d_gz = privacy.d_step(state.D, state.optD, real, fake, units)  # units: each row's person
     state.step += 1
     rec = {"kind": "step", "step": state.step, "epoch": state.epoch + 1, "batch": len(real), "loss_d": loss_d,
            "d_x": d_x, "d_g_z": d_gz, "k": state.sched.k}
@@ -379,7 +390,7 @@ def train(args, privacy=None) -> dict:
                     break
                 run.threads.refresh()
                 idx = idx[run.rank::run.world]  # this rank's share of the (global) batch
-                rec = train_step(state, privacy, train_u8[idx.to(run.device)], args, run, g_batch)
+                rec = train_step(state, privacy, train_u8[idx.to(run.device)], args, run, g_batch, privacy.units(idx))
                 state.step_in_epoch, real_seen = b + 1, real_seen + len(idx)
                 eps = privacy.epsilon(state.step, final=state.step == total_steps)
                 if eps is not None:

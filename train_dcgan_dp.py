@@ -60,6 +60,13 @@ def build_parser():
     g.add_argument("--grad-sample-mode", choices=privacy.GRAD_SAMPLE_MODES, default="ghost",
                    help="how per-pair gradient norms are computed: ghost (ours, fastest, no per-sample gradients) "
                         "or an Opacus per-sample-gradient mode")
+    g.add_argument("--dp-unit", choices=["image", "identity"], default=None,
+                   help="what DP-SGD samples, clips and accounts for (default: --privacy-unit): --dp-unit image with "
+                        "--privacy-unit identity is image-level DP on data drawn by person, whose people the identity "
+                        "audit tests (a person is then covered only by group privacy)")
+    g.add_argument("--max-photos-per-unit", type=int, default=None, metavar="M",
+                   help="with --privacy-unit identity: each sampled person contributes at most M photos per step (a "
+                        "random subset, drawn anew each step; default: all); the guarantee is per person either way")
     g.add_argument("--max-physical-batch-size", type=int, default=None,
                    help="split each logical batch into chunks of this size (same result, less memory)")
     return p

@@ -7,6 +7,13 @@ rebuild exactly the images a run trained on from its config.json (runs.run_train
   --skip-subset M       the train split minus the first M images of that order (public data disjoint from them)
   --canaries K          K held-out images per repeat count, each copied R times into training (canaries.json)
   --audit-canaries M    M held-out candidates, each included once with probability 1/2 (coins.json)
+
+With --privacy-unit identity these draw PEOPLE (CelebA's identity labels, or --identity-file): --train-size N
+takes N people of the train split with all their photos (one per near-duplicate group), --coin-subset 2N people
+with one coin each, --audit-canaries M people of the held-out split. --attack-photos k holds back k photos of
+every drawn person (seeded) from training: the attacker's photos of audit.py's identity membership audit. Under
+DP-SGD the person is then the unit that is sampled and clipped (privacy.DPSGD), ``unit_of`` maps each training
+row to its person.
 """
 from __future__ import annotations
 
@@ -35,6 +42,28 @@ def canary_plan(imgs, k: int, repeats, split: str, seed: int) -> dict:
             "repeats": [r for r in repeats for _ in range(k)], "split_key": imgs.split_key(split)}
 
 
+def draw_people(imgs, pool: torch.Tensor, count: int, seed: int, attack_photos: int, what: str) -> list:
+    """``count`` people of the images ``pool`` (one per near-duplicate group), seeded, each with more than
+    ``attack_photos`` photos: [(person, training photos, attack photos)] in person order. The attack photos are
+    a seeded choice of each person's photos, held back from training."""
+    pool = imgs.representatives(pool)
+    ids = imgs.identity_ids()[pool]
+    people, counts = torch.unique(ids, return_counts=True)
+    eligible = people[counts > attack_photos]
+    if count > len(eligible):
+        raise UserError(f"{what} needs {count} people with more than {attack_photos} photos (--attack-photos), but "
+                        f"{imgs.source} has {len(eligible)} such people there (of {len(people)}); lower the count"
+                        + (" or --attack-photos" if attack_photos else ""))
+    chosen = eligible[seeded_perm(len(eligible), seed)[:count]].sort().values
+    out = []
+    for person in chosen.tolist():
+        photos = pool[ids == person]
+        order = seeded_perm(len(photos), [seed, person, 0xA77])
+        held = photos[order[:attack_photos]].sort().values
+        out.append((person, photos[order[attack_photos:]].sort().values, held))
+    return out
+
+
 class TrainingData:
     """The training set of a run: the train split (or a subset of it), plus canaries and coin-flipped candidates.
 
@@ -59,7 +88,21 @@ class TrainingData:
                                 f"{len(pool)} images, one per near-duplicate group) and no --train-size; got "
                                 f"{args.skip_subset}{' with --train-size' if args.train_size is not None else ''}")
             train = pool[seeded_perm(len(pool), args.subset_seed)[args.skip_subset:]].sort().values
-        if args.train_size is not None:
+        unit = getattr(args, "privacy_unit", "image")
+        k_attack = getattr(args, "attack_photos", 0)
+        self.attack_photos = k_attack  # identity unit: photos per drawn person held back (coins.json)
+        if args.train_size is not None and unit == "identity":
+            drawn = draw_people(imgs, train, args.train_size * (2 if args.coin_subset else 1), args.subset_seed,
+                                k_attack if args.coin_subset else 0,  # attack photos: of coin-flipped people only
+                                f"--train-size {args.train_size}" + (" with --coin-subset" if args.coin_subset else ""))
+            if args.coin_subset:
+                self.coins = self._person_coins(drawn, "subset", "train", args)
+                heads = [photos for (_, photos, _), inc in zip(drawn, self.coins["included"]) if inc]
+                n_candidates = sum(len(photos) for _, photos, _ in drawn)
+            else:
+                heads = [photos for _, photos, _ in drawn]
+            train = torch.cat(heads).sort().values if heads else train[:0]
+        elif args.train_size is not None:
             pool = imgs.representatives(train)
             need = args.train_size * (2 if args.coin_subset else 1)
             if need > len(pool):
@@ -83,22 +126,60 @@ class TrainingData:
             taken = torch.tensor(self.canaries["indices"] if self.canaries else [], dtype=torch.long)
             pool = imgs.representatives(imgs.splits.get(args.canary_split, torch.zeros(0, dtype=torch.long)))
             pool = pool[~torch.isin(pool, taken)]
+            if unit == "identity":  # a canary's person is in training regardless of any coin: not a candidate
+                ids = imgs.identity_ids()
+                pool = pool[~torch.isin(ids[pool], ids[taken])]
             if args.audit_canaries > len(pool) - 2:
                 raise UserError(f"--audit-canaries {args.audit_canaries} needs that many images of the "
                                 f"{args.canary_split} "
                                 f"split besides the canaries, and it has {len(pool)} (keep 2 as references)")
-            cand = pool[seeded_perm(len(pool), args.subset_seed + 1)[:args.audit_canaries]].sort().values
-            self.coins = self._coins(cand, "audit-canaries", args)
-            n_candidates = len(cand)
-            extra.append(cand[torch.tensor(self.coins["included"])])
+            if unit == "identity":
+                drawn = draw_people(imgs, pool, args.audit_canaries, args.subset_seed + 1, k_attack,
+                                    f"--audit-canaries {args.audit_canaries} (of the {args.canary_split} split)")
+                self.coins = self._person_coins(drawn, "audit-canaries", args.canary_split, args)
+                n_candidates = sum(len(photos) for _, photos, _ in drawn)
+                heads = [photos for (_, photos, _), inc in zip(drawn, self.coins["included"]) if inc]
+                extra.append(torch.cat(heads) if heads else pool[:0])
+            else:
+                cand = pool[seeded_perm(len(pool), args.subset_seed + 1)[:args.audit_canaries]].sort().values
+                self.coins = self._coins(cand, "audit-canaries", args)
+                n_candidates = len(cand)
+                extra.append(cand[torch.tensor(self.coins["included"])])
         self.index = torch.cat([train] + extra) if extra else train  # indices into imgs.images, with repeats
         self.n = len(self.index)
-        self.n_planned = self.n - (int(sum(self.coins["included"])) if self.coins else 0) + n_candidates / 2
+        included = 0  # training images that a coin put in
+        if self.coins is not None:
+            included = (sum(len(p) for p, inc in zip(self.coins["photos"], self.coins["included"]) if inc)
+                        if "photos" in self.coins else sum(self.coins["included"]))
+        self.n_planned = self.n - included + n_candidates / 2
+        # the privacy unit of each training row (DP-SGD samples and clips units): each row its own unit (image), or
+        # its person; the planned number of units is fixed before any coin is flipped, as n_planned
+        self.unit = unit
+        if unit == "identity":
+            self.unit_of = torch.unique(imgs.identity_ids()[self.index], return_inverse=True)[1]
+            units = int(self.unit_of.max()) + 1 if self.n else 0
+            people = len(self.coins["identities"]) if self.coins and "identities" in self.coins else 0
+            self.n_units_planned = units - (sum(self.coins["included"]) if people else 0) + people / 2
+        else:
+            self.unit_of = torch.arange(self.n)
+            self.n_units_planned = self.n_planned
 
     def special(self) -> torch.Tensor:
-        """Indices of held-out images that were inserted or coin-flipped: never 'never-trained' references."""
+        """Indices of images that were inserted, coin-flipped or held back as attack photos: never 'never-trained'
+        references."""
         return torch.tensor((self.canaries["indices"] if self.canaries else []) +
                             (self.coins["indices"] if self.coins else []), dtype=torch.long)
+
+    def _person_coins(self, drawn: list, kind: str, split: str, args) -> dict:
+        """One coin per drawn person: it includes or excludes all their training photos. ``indices`` lists every
+        candidate image (training and attack photos) so that no held-out pool uses them."""
+        heads = coin_flips(len(drawn), args.subset_seed)
+        return {"kind": kind, "unit": "identity", "seed": args.subset_seed, "split": split,
+                "identities": [p for p, _, _ in drawn], "included": heads.tolist(),
+                "photos": [photos.tolist() for _, photos, _ in drawn],
+                "attack_photos": [held.tolist() for _, _, held in drawn],
+                "indices": sorted(i for _, photos, held in drawn for i in photos.tolist() + held.tolist()),
+                "data_key": self.imgs.key}
 
     def _coins(self, cand: torch.Tensor, kind: str, args) -> dict:
         heads = coin_flips(len(cand), args.subset_seed)
@@ -111,6 +192,11 @@ class TrainingData:
              "n_val": len(self.imgs.splits.get("val", [])), "n_test": len(self.imgs.splits.get("test", [])),
              "identities": self.imgs.identity_report(torch.unique(self.index))}
         if self.coins:
-            d["coins"] = {"kind": self.coins["kind"], "candidates": len(self.coins["indices"]),
+            d["coins"] = {"kind": self.coins["kind"], "unit": self.coins.get("unit", "image"),
+                          "candidates": len(self.coins.get("identities", self.coins["indices"])),
                           "included": int(sum(self.coins["included"]))}
+        if self.unit == "identity":
+            d["privacy_unit"] = {"unit": "identity", "units": int(self.unit_of.max()) + 1 if self.n else 0,
+                                 "units_planned": self.n_units_planned,
+                                 "attack_photos_per_person": self.attack_photos}
         return d

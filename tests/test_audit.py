@@ -256,11 +256,18 @@ def test_audit_cli_end_to_end(canary_run, tmp_path):
 
 def test_one_run_bound_over_attacks_holds_at_alpha(tmp_path):
     """Each attack's one-run bound is tested at alpha / #attacks (Bonferroni), so the reported maximum over the
-    attacks holds at alpha, not at #attacks x alpha."""
-    run = tmp_path / "coins"
+    attacks holds at alpha, not at #attacks x alpha. With --reference-run, the calibrated white-box attack is
+    D(x) minus the reference run's D(x), and counts as a fourth attack."""
+    run, ref = tmp_path / "coins", tmp_path / "reference"
     train_dcgan.main(tiny_args(run, "--max-steps", "2", "--train-size", "40", "--coin-subset"))
-    audit.main(["--run", str(run), "--num-samples", "32", "--out", str(tmp_path / "audit")])
+    train_dcgan.main(tiny_args(ref, "--max-steps", "2", "--seed", "1"))
+    audit.main(["--run", str(run), "--num-samples", "32", "--out", str(tmp_path / "audit"), "--reference-run", str(ref)])
     res = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    scores = np.load(tmp_path / "audit" / "scores.npz")
+    td, _ = audit.load_run(run)
+    ref_logits = audit.discriminator_scores(audit.load_run(ref)[1], td.imgs.images[td.coins["indices"]], "cpu")
+    assert np.allclose(scores["white_box_calibrated_candidates"], scores["white_box_candidates"] - ref_logits,
+                       atol=1e-5)
     per_attack = {k: a["one_run"] for k, a in res["attacks"].items()}
     assert set(per_attack) == set(audit.ATTACKS) and res["alpha"] == 0.05
     for o in per_attack.values():

@@ -18,7 +18,8 @@ BCE = torch.nn.BCEWithLogitsLoss()
 
 def _privacy(**kw):
     a = dict(epsilon=None, noise_multiplier=0.0, delta=1e-5, max_grad_norm=0.05, clipping="flat", accountant="rdp",
-             poisson=True, secure_rng=False, grad_sample_mode="hooks", max_physical_batch_size=None)
+             poisson=True, secure_rng=False, grad_sample_mode="hooks", max_physical_batch_size=None,
+             privacy_unit="image", max_photos_per_unit=None)
     a.update(kw)
     return privacy.DPSGD(types.SimpleNamespace(**a))
 
@@ -325,7 +326,8 @@ def test_ghost_mode_errors_name_the_flag_to_use():
     with pytest.raises(UserError, match="--clipping per-layer needs --grad-sample-mode ghost"):
         _privacy(clipping="per-layer").check_args(types.SimpleNamespace(
             epsilon=8.0, noise_multiplier=None, delta=1e-5, max_grad_norm=1.0, max_physical_batch_size=None,
-            clipping="per-layer", grad_sample_mode="hooks"))
+            clipping="per-layer", grad_sample_mode="hooks", privacy_unit="image", max_photos_per_unit=None,
+            poisson=True))
     nn = torch.nn
     D = nn.Sequential(nn.Conv2d(1, 4, 4, 2, 1), nn.Flatten(), nn.Linear(1024, 1), nn.Flatten(0))
     with pytest.raises(UserError, match=r"supports Conv2d .* not 2 \(Linear\); use --grad-sample-mode hooks"):

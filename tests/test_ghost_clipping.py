@@ -125,3 +125,53 @@ def test_ghost_rejects_unsupported_layers_and_inplace_outputs():
     x = torch.randn(2, 1, 32, 32)
     with pytest.raises(ValueError, match="modified in place"):
         PairGhostClipper(D, 1.0, PAIR_LOSS).backward(D, x, x)
+
+
+def reference_person_clipped_sum(D, real, fake, unit_of, C):
+    """Independent reference for user-level DP: each person's gradient is the plain-autograd gradient of the SUM
+    of their pairs' losses, clipped to C as one unit, then summed over people."""
+    params = list(D.parameters())
+    total, norms = None, []
+    for u in range(int(unit_of.max()) + 1):
+        rows = torch.nonzero(unit_of == u).flatten()
+        loss = PAIR_LOSS(D(real[rows]), D(fake[rows]))
+        g = torch.autograd.grad(loss, params)
+        n = torch.sqrt(sum((x ** 2).sum() for x in g)).item()
+        norms.append(n)
+        f = min(1.0, C / (n + 1e-6))
+        total = [x * f for x in g] if total is None else [t + x * f for t, x in zip(total, g)]
+    return total, norms
+
+
+@pytest.mark.parametrize("model", ["dcgan", "rgb64"])
+def test_person_level_norms_and_clipped_sum(model):
+    """Units of 1, 2 and 4 pairs, not contiguous in the batch: the per-person norms (with the cross terms
+    between a person's pairs) and the clipped sum equal the per-person autograd reference, through every path
+    (materialised conv1/conv4, ghost conv2-3, GroupNorm; and several row-pair chunks)."""
+    torch.manual_seed(2)
+    nn = torch.nn
+    if model == "dcgan":
+        _, D = build_models(nz=8, ngf=8, ndf=8)
+        shape = (1, 32, 32)
+    else:
+        D = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.GroupNorm(2, 8), nn.LeakyReLU(0.2), nn.Conv2d(8, 32, 4, 4),
+                          nn.Conv2d(32, 128, 3, 2, 1), nn.GroupNorm(4, 128), nn.Conv2d(128, 1, 4), nn.Flatten(0))
+        shape = (3, 64, 64)
+    D = D.double()
+    unit_of = torch.tensor([2, 0, 1, 2, 3, 2, 1, 2])  # person 0 and 3: one photo; 1: two; 2: four
+    real, fake = torch.rand(8, *shape).double() * 2 - 1, torch.randn(8, *shape).double()
+    C = 0.05
+    clipper = PairGhostClipper(D, max_grad_norm=C, loss_fn=PAIR_LOSS, chunk_floats=2000)
+    clipper.backward(D, real, fake, unit_of=unit_of)
+    ref, norms = reference_person_clipped_sum(copy.deepcopy(D), real, fake, unit_of, C)
+    assert min(norms) > C * 5  # every person is clipped
+    assert torch.allclose(clipper.last_norms, torch.tensor(norms, dtype=torch.float64), rtol=1e-10)
+    assert all(torch.allclose(p.grad, r, atol=1e-12) for p, r in zip(D.parameters(), ref))
+    # a person's norm is not the sum of their pairs' clipped norms: per-pair clipping would give another sum
+    pair = PairGhostClipper(D, max_grad_norm=C, loss_fn=PAIR_LOSS)
+    pair.backward(D, real, fake)
+    pair_grads = [p.grad.clone() for p in D.parameters()]
+    assert not all(torch.allclose(g, r, atol=1e-6) for g, r in zip(pair_grads, ref))
+    # one pair per person is the pair clipper exactly
+    clipper.backward(D, real, fake, unit_of=torch.arange(8))
+    assert all(torch.allclose(p.grad, g, atol=1e-12) for p, g in zip(D.parameters(), pair_grads))

@@ -247,8 +247,8 @@ def test_adaptive_schedule_never_reads_real_data(tmp_path, monkeypatch):
     orig_step, orig_data = privacy.NonPrivate.d_step, TrainingData.__init__
     noise = torch.Generator().manual_seed(1)  # the wiping must not consume the training run's RNG
 
-    def d_step(self, D, optD, real, fake):
-        out = orig_step(self, D, optD, real, fake)
+    def d_step(self, D, optD, real, fake, units=None):
+        out = orig_step(self, D, optD, real, fake, units)
         # a later read of this batch (e.g. to measure D's accuracy) would see noise
         real.copy_(torch.rand(real.shape, generator=noise) * 2 - 1)
         return out
