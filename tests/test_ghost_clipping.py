@@ -13,19 +13,23 @@ BCE = torch.nn.BCEWithLogitsLoss()
 PAIR_LOSS = functools.partial(gan.d_pair_loss, reduction="sum")
 
 
-def reference_clipped_sum(D, real, fake, C):
-    """Independent reference: per-PAIR gradients by plain autograd, each clipped to C, summed."""
+def _clipped_sum(D, losses, C):
+    """Each loss's gradient by plain autograd, clipped to C, summed; and the gradients' norms."""
     params = list(D.parameters())
     total, norms = None, []
-    for i in range(len(real)):
-        out_r, out_f = D(real[i:i + 1]), D(fake[i:i + 1])
-        loss = BCE(out_r, torch.ones(1)) + BCE(out_f, torch.zeros(1))
+    for loss in losses:
         g = torch.autograd.grad(loss, params)
         n = torch.sqrt(sum((x ** 2).sum() for x in g)).item()
         norms.append(n)
         f = min(1.0, C / (n + 1e-6))
         total = [x * f for x in g] if total is None else [t + x * f for t, x in zip(total, g)]
     return total, norms
+
+
+def reference_clipped_sum(D, real, fake, C):
+    """Independent reference: per-PAIR gradients by plain autograd, each clipped to C, summed."""
+    return _clipped_sum(D, (BCE(D(real[i:i + 1]), torch.ones(1)) + BCE(D(fake[i:i + 1]), torch.zeros(1))
+                            for i in range(len(real))), C)
 
 
 def test_dcgan_discriminator_norms_and_clipped_sum():
@@ -130,17 +134,8 @@ def test_ghost_rejects_unsupported_layers_and_inplace_outputs():
 def reference_person_clipped_sum(D, real, fake, unit_of, C):
     """Independent reference for user-level DP: each person's gradient is the plain-autograd gradient of the SUM
     of their pairs' losses, clipped to C as one unit, then summed over people."""
-    params = list(D.parameters())
-    total, norms = None, []
-    for u in range(int(unit_of.max()) + 1):
-        rows = torch.nonzero(unit_of == u).flatten()
-        loss = PAIR_LOSS(D(real[rows]), D(fake[rows]))
-        g = torch.autograd.grad(loss, params)
-        n = torch.sqrt(sum((x ** 2).sum() for x in g)).item()
-        norms.append(n)
-        f = min(1.0, C / (n + 1e-6))
-        total = [x * f for x in g] if total is None else [t + x * f for t, x in zip(total, g)]
-    return total, norms
+    rows = [torch.nonzero(unit_of == u).flatten() for u in range(int(unit_of.max()) + 1)]
+    return _clipped_sum(D, (PAIR_LOSS(D(real[r]), D(fake[r])) for r in rows), C)
 
 
 @pytest.mark.parametrize("model", ["dcgan", "rgb64"])
