@@ -501,7 +501,8 @@ def audit(args) -> dict:
                                       "min": float(e[reps == k].min()), "values": e[reps == k].round(3).tolist()}
                              for k in sorted(set(canaries["repeats"]))}
         attacks[att] = r
-    identity, people = identity_audit(person_coins, scores, delta, args.alpha, args.seed) if person_coins else (None, {})
+    identity, people = (identity_audit(person_coins, scores, delta, args.alpha, args.seed) if person_coins
+                        else (None, {}))
     res = {"run": str(run), "checkpoint": args.checkpoint, "data": imgs.source, "nonmember_split": args.nonmember_split,
            "black_box_space": args.space, "calibration_images": int(n_cal), "generated": gen_desc,
            "reference_run": args.reference_run,

@@ -212,7 +212,8 @@ class PairGhostClipper:
                     for x in qx:
                         h[:, y:y + oh, x:x + ow, y:y + oh, x:x + ow] += gg
                 for pos, y, x in members:
-                    sq.index_add_(0, dest, f * (k[:, pos] * h[:, y:y + hr, x:x + wr, y:y + hr, x:x + wr]).sum((1, 2, 3, 4)))
+                    term = (k[:, pos] * h[:, y:y + hr, x:x + wr, y:y + hr, x:x + wr]).sum((1, 2, 3, 4))
+                    sq.index_add_(0, dest, f * term)
         return sq
 
     # ------------------------------------------------------------------ the clipped sum

@@ -549,7 +549,8 @@ IDENTITY_COLUMNS = [("model", "model", None), ("DP unit", "dp_unit", None), ("ε
                     ("identity AUC black-box calibrated", "id_auc_black_cal", ".3f"),
                     ("identity TPR@1%FPR (best attack)", "id_tpr_1pct", ".3f"),
                     ("identity AUC, control (reference model)", "id_auc_control", ".3f"),
-                    ("identity ε_lb one-run", "id_epsilon_lb", ".2f"), ("copying rate, pixel (p)", "copying_rate", "copy"),
+                    ("identity ε_lb one-run", "id_epsilon_lb", ".2f"),
+                    ("copying rate, pixel (p)", "copying_rate", "copy"),
                     ("train min", "train_min", ".1f")]
 
 

@@ -468,7 +468,8 @@ def identity_plan(s: dict, out: Path) -> tuple:
     for e in s["epsilon_list"]:
         dp = base + ["--epsilon", f"{e:g}", "--delta", f"{s['delta']:g}"]
         entries.append((f"image-dp-eps{e:g}", "train_dcgan_dp", dp + ["--dp-unit", "image"]))
-        entries.append((f"person-dp-eps{e:g}", "train_dcgan_dp", dp + ["--max-photos-per-unit", str(IDENTITY_MAX_PHOTOS)]))
+        entries.append((f"person-dp-eps{e:g}", "train_dcgan_dp",
+                        dp + ["--max-photos-per-unit", str(IDENTITY_MAX_PHOTOS)]))
     reference = None
     if s["public_root"]:  # the non-private recipe on about as many photos of other people (none of --data-root's)
         reference = [a if a != str(s["data_root"]) else str(s["public_root"]) for a in common_argv(s)

@@ -59,8 +59,8 @@ def build_parser(prog="train_dcgan.py", description=None, defaults=None) -> argp
                    help="what a seeded split (--random-split, or no partition file) keeps whole besides near-duplicate "
                         "groups: single images, or all images of a person")
     g.add_argument("--privacy-unit", default="image", choices=["image", "identity"],
-                   help="what --train-size, --coin-subset and --audit-canaries draw, and (train_dcgan_dp.py) what DP-SGD "
-                        "samples, clips and accounts for: one image, or one person with all their photos")
+                   help="what --train-size, --coin-subset and --audit-canaries draw, and (train_dcgan_dp.py) what "
+                        "DP-SGD samples, clips and accounts for: one image, or one person with all their photos")
     g.add_argument("--attack-photos", type=int, default=0, metavar="K",
                    help="with --privacy-unit identity and audit coins: hold back K photos of every candidate person "
                         "from training, the attacker's photos of audit.py's identity membership audit")
@@ -390,7 +390,8 @@ def train(args, privacy=None) -> dict:
                     break
                 run.threads.refresh()
                 idx = idx[run.rank::run.world]  # this rank's share of the (global) batch
-                rec = train_step(state, privacy, train_u8[idx.to(run.device)], args, run, g_batch, privacy.units(idx))
+                rec = train_step(state, privacy, train_u8[idx.to(run.device)], args, run, g_batch,
+                                 privacy.units(idx))
                 state.step_in_epoch, real_seen = b + 1, real_seen + len(idx)
                 eps = privacy.epsilon(state.step, final=state.step == total_steps)
                 if eps is not None:

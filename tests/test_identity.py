@@ -111,7 +111,8 @@ def test_user_level_dp_run_reports_epsilon_per_person_and_resume_keeps_the_unit(
         for flag in ("--attack-photos", "--max-photos-per-unit"):
             del changed[changed.index(flag):changed.index(flag) + 2]
         train_dcgan_dp.main(changed + ["--resume"])
-    assert e.value.code == 2 and "--privacy-unit 'identity' -> 'image'" in capsys.readouterr().err.strip().splitlines()[-1]
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and "--privacy-unit 'identity' -> 'image'" in last
 
 
 @pytest.mark.parametrize("extra,msg", [
