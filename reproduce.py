@@ -299,6 +299,19 @@ def eval_stage(label, run: Path, s: dict, deps, train_of: Path | None = None, ou
                  {"samples": run / "samples.npz"}, cost=0.3)
 
 
+def training_stage(label, script: str, argv: list, deps=()) -> Stage:
+    """A model's training stage (its script's train(), the run folder its --out); a DP step costs about 1.3x a
+    non-private one, which the scheduler weighs."""
+    return Stage(label, "training", f"{script}:train", argv, tuple(deps),
+                 cost=1.3 if script == "train_dcgan_dp" else 1.0)
+
+
+def run_study_stages(stages: list, s: dict, out: Path, args) -> dict:
+    """Run the stages in s["jobs"] workers with s["threads"] threads each (1 for 'auto'), logs in OUT/logs."""
+    return run_stages(stages, s["jobs"], int(s["threads"]) if str(s["threads"]).isdigit() else 1, out / "logs",
+                      progress=not args.no_progress)
+
+
 def audit_stage(label, run: Path, s: dict, deps) -> Stage:
     argv = ["--run", str(run), "--device", s["device"], "--threads", str(s["threads"]), "--out", str(run / "audit"),
             "--seed", str(s["seed"]), "--cache-dir", s["cache_dir"]]
@@ -330,8 +343,7 @@ def study_stages(s: dict, out: Path, plan: list, public_stage: Stage | None) -> 
         first_eval = f"n{n}-non-private evaluation"
         share = (first_eval,) if f"n{n}-non-private" in names and name != f"n{n}-non-private" else ()
         warm = (public_stage.name,) if "--init-from" in argv else ()
-        budget_cost = 1.0 + (0.3 if script == "train_dcgan_dp" else 0.0)
-        train = Stage(name, "training", f"{script}:train", argv, warm, cost=budget_cost)
+        train = training_stage(name, script, argv, warm)
         stages += [train, eval_stage(name, run, s, (train.name,) + share), audit_stage(name, run, s, (train.name,))]
         if name == f"n{n}-non-private":
             stages.append(reference_stage(n, run, s, out, (first_eval,)))
@@ -380,8 +392,7 @@ def reproduce(args) -> dict:
         print(f"  {k:<15} {s[k]}")
     stages = study_stages(s, out, plan, public_stage)
     print(f"  {len(stages)} stages; each stage's output in {out / 'logs'}/")
-    times = run_stages(stages, s["jobs"], int(s["threads"]) if str(s["threads"]).isdigit() else 1, out / "logs",
-                       progress=not args.no_progress)
+    times = run_study_stages(stages, s, out, args)
     if args.only is not None:
         print(f"--only: the stages of {', '.join(name for _, name, _, _ in plan)} are done; run without --only "
               "for the report")
@@ -437,7 +448,7 @@ def frontier(args) -> dict:
     first_eval, stages = f"n{n}-non-private evaluation", []
     for defence, setting, name, script, argv in entries:
         run = out / "runs" / name
-        train = Stage(name, "training", f"{script}:train", argv, (), cost=1.3 if script == "train_dcgan_dp" else 1.0)
+        train = training_stage(name, script, argv)
         share = () if name == f"n{n}-non-private" else (first_eval,)
         stages += [train, eval_stage(name, run, s, (train.name,) + share), audit_stage(name, run, s, (train.name,))]
         if name == f"n{n}-non-private":
@@ -452,8 +463,7 @@ def frontier(args) -> dict:
                                 run / "audit-over-training", "over_training.json", {"ckpt": run / "ckpt.pt"},
                                 cost=0.3 * CHECKPOINTS))
     print(f"  {len(stages)} stages; each stage's output in {out / 'logs'}/")
-    run_stages(stages, s["jobs"], int(s["threads"]) if str(s["threads"]).isdigit() else 1, out / "logs",
-               progress=not args.no_progress)
+    run_study_stages(stages, s, out, args)
     return report.frontier_report(s, out, entries, n, t0)
 
 
@@ -496,17 +506,16 @@ def identity(args) -> dict:
           f"per image and per person (at most {IDENTITY_MAX_PHOTOS} photos of a person per step)")
     stages, ref_deps = [], ()
     if reference is not None:
-        stages.append(Stage("reference-public", "training", "train_dcgan:train", reference, (), cost=1.0))
+        stages.append(training_stage("reference-public", "train_dcgan", reference))
         ref_deps = (stages[-1].name,)
     for name, script, argv in entries:
         run = out / "runs" / name
-        train = Stage(name, "training", f"{script}:train", argv, (), cost=1.3 if script == "train_dcgan_dp" else 1.0)
+        train = training_stage(name, script, argv)
         aud = audit_stage(name, run, s, (train.name,) + ref_deps)
         if reference is not None:
             aud = dataclasses.replace(aud, argv=aud.argv + ["--reference-run", _value(reference, "--out", "")])
         stages += [train, aud]
-    run_stages(stages, s["jobs"], int(s["threads"]) if str(s["threads"]).isdigit() else 1, out / "logs",
-               progress=not args.no_progress)
+    run_study_stages(stages, s, out, args)
     return report.identity_report(s, out, entries, reference, t0)
 
 
@@ -604,8 +613,7 @@ def levers(args) -> dict:
         stages.append(eval_stage(label, run, s, (st.name, "non-private training"),
                                  train_of=out / "runs" / "non-private"))
         models.append((label, None, None, run, out / "runs" / "non-private"))
-    run_stages(stages, s["jobs"], int(s["threads"]) if str(s["threads"]).isdigit() else 1, out / "logs",
-               progress=not args.no_progress)
+    run_study_stages(stages, s, out, args)
     return report.levers_report(s, out, models, t0)
 
 
