@@ -174,7 +174,13 @@ def test_warm_pair_shares_start_and_budget_each_with_its_scripts_recipe(tmp_path
     plan = {name: (script, argv)
             for _, name, script, argv in reproduce.model_plan(s, tmp_path, public=tmp_path / "pub")}
     assert [name for name in plan if name.endswith("-warm")] == [f"n{n}-{m}-warm" for n in (1000, 250)
-                                                                  for m in ("non-private", "dp-eps8", "dp-eps1")]
+                                                                  for m in ("non-private", "dp-eps8")]
+    assert [name for name in plan if "-dp-" in name and not name.endswith("-warm")] == [
+        f"n{n}-dp-eps{e}" for n in (1000, 250) for e in (8, 1)]  # --epsilons 8,1 from scratch, --warm-epsilons 8
+    s = reproduce.settings(reproduce.build_parser().parse_args(["--data-root", str(tmp_path), "--train-sizes",
+                                                                "1000,250", "--warm-epsilons", "8,1"]))
+    plan = {name: (script, argv)
+            for _, name, script, argv in reproduce.model_plan(s, tmp_path, public=tmp_path / "pub")}
     (np_script, npv), (dp_script, dp) = plan["n250-non-private-warm"], plan["n250-dp-eps8-warm"]
     assert (np_script, dp_script, plan["n250-dp-eps1-warm"][0]) == ("train_dcgan", "train_dcgan_dp", "train_dcgan_dp")
     assert reproduce._value(plan["n250-dp-eps1-warm"][1], "--epsilon", "") == "1"
