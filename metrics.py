@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from utils import UserError, all_gather, dist_world, plt, sha256_file, sha256_json
+from utils import UserError, all_gather, dist_world, keep_freed_memory, plt, sha256_file, sha256_json
 
 OFFICIAL_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 KNOWN_WEIGHTS = {
@@ -122,6 +122,7 @@ class InceptionFeatures:
             self.model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
                                                      feature_extractor_weights_path=str(self.path))
         self.device = torch.device(device)
+        keep_freed_memory()  # each batch's activations (about 350 MB at 64) stay mapped: 1.3x on a CPU
         # channels_last: measured 1.6x faster on CPU, same features to float32 round-off
         self.model.to(self.device, memory_format=torch.channels_last).eval()
         self.batch_size = batch_size

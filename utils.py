@@ -188,7 +188,8 @@ def keep_freed_memory(limit: int = 1 << 30) -> bool:
     free, so a training step that allocates tens of MB of temporaries pays a page fault for every 4 KiB of
     them, every step. Raising M_MMAP_THRESHOLD and M_TRIM_THRESHOLD keeps those pages mapped (what PyTorch's
     CPU tuning guide gets from jemalloc or tcmalloc). The DP step allocates more temporaries than the
-    non-private one (the per-pair norms), so it gains most (README, Performance). True if the setting took."""
+    non-private one (the per-pair norms), so it gains most among training steps; Inception's 299 px activations
+    gain 1.3x (docs/performance.md). True if the setting took."""
     if not sys.platform.startswith("linux"):
         return False
     try:

@@ -11,9 +11,10 @@ import reproduce
 
 def _argv(out, weights):
     # the --quick pipeline, shrunk further so that it fits the test suite: two sizes, one epsilon, no extra seed
-    # (test_extra_seeds_... checks their commands), the public pretraining on the digits no coin candidate uses
+    # (test_extra_seeds_... checks their commands), the public pretraining on the digits no coin candidate uses,
+    # both warm rows (the quick preset's warm non-private row is opt-in)
     return ["--quick", "--train-sizes", "40,80", "--budget", "400", "--epsilons", "8", "--extra-seeds", "",
-            "--num-samples", "32",
+            "--warm-non-private", "--num-samples", "32",
             "--max-real", "40", "--canaries", "2", "--inception-weights", str(weights), "--no-progress",
             "--threads", "1", "--cache-dir", str(out.parent / "cache"), "--out", str(out)]
 
@@ -191,8 +192,8 @@ def test_warm_pair_shares_start_and_budget_each_with_its_scripts_recipe(tmp_path
     assert "--lr" not in npv and reproduce._value(dp, "--lr", "") == reproduce.WARM[1]
     quick = reproduce.settings(reproduce.build_parser().parse_args(["--quick"]))  # digits: their DP width
     plan = {name: argv for _, name, _, argv in reproduce.model_plan(quick, tmp_path, public=tmp_path / "pub")}
-    assert {reproduce._value(plan[f"n{n}-{m}-warm"], "--ndf", 0) for n in (100, 500)
-            for m in ("non-private", "dp-eps8")} == {8}
+    assert [name for name in plan if name.endswith("-warm")] == ["n100-dp-eps8-warm", "n500-dp-eps8-warm"]
+    assert {reproduce._value(plan[f"n{n}-dp-eps8-warm"], "--ndf", 0) for n in (100, 500)} == {8}
 
 
 def test_extra_seeds_retrain_the_smallest_non_private_model_only(tmp_path):
