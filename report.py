@@ -97,12 +97,12 @@ def markdown_table(rows, columns=COLUMNS) -> str:
 
 
 # ----------------------------------------------------------------------------- plots
-def _finish(pyplot, fig, ax, path, xlabel, ylabel, title):
+def _finish(pyplot, fig, ax, path, xlabel, ylabel, title, legend_outside=False):
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, **({"loc": "center left", "bbox_to_anchor": (1.02, 0.5)} if legend_outside else {}))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     pyplot.close(fig)
@@ -145,7 +145,7 @@ def plot_memorization_vs_n(rows, refs, path, extra_seed_rows=()):
 
 def plot_fid_vs_epsilon(rows, path):
     pyplot = plt()
-    fig, ax = pyplot.subplots(figsize=(6, 4))
+    fig, ax = pyplot.subplots(figsize=(8, 4))
     for i, n in enumerate(sorted({r["size"] for r in rows})):
         for warm, style in ((False, "o-"), (True, "s:")):
             same = [r for r in rows if r["size"] == n and r["model"].endswith("-warm") == warm]
@@ -157,8 +157,11 @@ def plot_fid_vs_epsilon(rows, path):
         if npv is not None:
             ax.axhline(npv["fid_train"], color=f"C{i}", ls="--", lw=1, label=f"non-private, N = {n}")
     ax.set_xscale("log")
+    eps = sorted({r["target_epsilon"] for r in rows if r["epsilon"] is not None})  # the spent ε lie within 1%
+    ax.set_xticks(eps, [f"{e:g}" for e in eps], minor=False)
+    ax.minorticks_off()
     _finish(pyplot, fig, ax, path, "ε (δ fixed; log scale)", "FID vs training set (lower is better)",
-            "privacy–utility trade-off")
+            "privacy–utility trade-off", legend_outside=True)
 
 
 def plot_image_panels(named_images: dict, path, title: str, ncols=None):

@@ -62,7 +62,7 @@ PRESETS = {
     "full": {"data": "celeba", "train_sizes": "250,1000,2300", "budget": 120_000, "num_samples": 1000,
              "max_real": None, "canaries": 5, "canary_repeats": "1,4", "epsilons": "8,1", "warm_epsilons": "8",
              "extra_seeds": "1,2", "warm": True, "warm_non_private": True},
-    # Digits, sized to take about 10 minutes on 2 CPU cores (docs/reproduce.md) and still show the story: at
+    # Digits, sized to take under 10 minutes on 2 CPU cores (docs/reproduce.md) and still show the story: at
     # N = 100 the non-private model memorizes (budget 42,000: white-box AUC 0.97; 30,000 gave 0.82), DP removes
     # it, and the DP model fine-tuned from the public pretraining draws digits (from scratch, DP at N = 100 draws
     # noise). The 2 x 500 coin candidates of N = 500 leave 437 of the 1,437 training digits for that pretraining.
@@ -120,8 +120,8 @@ def build_parser():
                         "quick: off)")
     p.add_argument("--delta", type=float, default=1e-6, help="δ of every DP model")
     p.add_argument("--warm", action=argparse.BooleanOptionalAction, default=None,
-                   help="also fine-tune a non-private and the DP models from a public pretraining at every N "
-                        "(default: the preset's; full: on, quick: on)")
+                   help="also fine-tune models from a public pretraining at every N (which: --warm-non-private, "
+                        "--warm-epsilons; default: the preset's; full: on, quick: on)")
     p.add_argument("--num-samples", type=int, default=None, help="generated images per model for evaluation")
     p.add_argument("--max-real", type=int, default=None, help="cap on real train/held-out images in evaluation")
     p.add_argument("--canaries", type=int, default=None, help="canaries per repeat count (0: no exposure audit)")
@@ -167,8 +167,8 @@ def settings(args) -> dict:
         raise UserError("the full study trains on CelebA: pass --data-root (or set $CELEBA_ROOT), "
                         "or run --quick for the bundled digits")
     s["epsilon_list"] = _numbers(s["epsilons"], "--epsilons", float)
-    s["warm_epsilon_list"] = _numbers(s["warm_epsilons"], "--warm-epsilons", float) if str(s["warm_epsilons"]).strip() \
-        else []
+    warm_eps = str(s["warm_epsilons"]).strip()
+    s["warm_epsilon_list"] = _numbers(warm_eps, "--warm-epsilons", float) if warm_eps else []
     s["size_list"] = [int(n) for n in _numbers(s["train_sizes"], "--train-sizes", int)]
     if s["budget"] <= 0:
         raise UserError(f"--budget must be positive, got {s['budget']}")
@@ -401,8 +401,8 @@ def reproduce(args) -> dict:
         plan = [p for p in plan if p[1] in names]
     print(f"reproduce ({'quick' if args.quick else 'full'} preset) -> {out}")
     for k in ("data", "data_root", "train_sizes", "budget", "epsilons", "delta", "warm", "warm_epsilons",
-              "warm_non_private", "num_samples", "max_real", "canaries", "canary_repeats", "seed", "extra_seeds", "jobs",
-              "threads"):
+              "warm_non_private", "num_samples", "max_real", "canaries", "canary_repeats", "seed", "extra_seeds",
+              "jobs", "threads"):
         print(f"  {k:<15} {s[k]}")
     stages = study_stages(s, out, plan, public_stage)
     print(f"  {len(stages)} stages; each stage's output in {out / 'logs'}/")
