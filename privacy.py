@@ -356,8 +356,9 @@ class DPSGD:
                 yield torch.nonzero(torch.rand(n, generator=gen) < self.sample_rate).flatten()
             return
         unit_of, m = self.unit_of, self.args.max_photos_per_unit  # people: each joins with probability q
+        people = int(unit_of.max()) + 1 if len(unit_of) else 0
         for _ in range(steps):
-            rows = torch.nonzero((torch.rand(int(unit_of.max()) + 1, generator=gen) < self.sample_rate)[unit_of])
+            rows = torch.nonzero((torch.rand(people, generator=gen) < self.sample_rate)[unit_of])
             rows = rows.flatten()
             if m is not None and len(rows):  # at most m photos per person: a random subset, drawn anew each step
                 key = unit_of[rows].double() + torch.rand(len(rows), generator=gen, dtype=torch.float64)

@@ -96,9 +96,7 @@ class TrainingData:
                                 k_attack if args.coin_subset else 0,  # attack photos: of coin-flipped people only
                                 f"--train-size {args.train_size}" + (" with --coin-subset" if args.coin_subset else ""))
             if args.coin_subset:
-                self.coins = self._person_coins(drawn, "subset", "train", args)
-                heads = [photos for (_, photos, _), inc in zip(drawn, self.coins["included"]) if inc]
-                n_candidates = sum(len(photos) for _, photos, _ in drawn)
+                self.coins, heads, n_candidates = self._person_coins(drawn, "subset", "train", args)
             else:
                 heads = [photos for _, photos, _ in drawn]
             train = torch.cat(heads).sort().values if heads else train[:0]
@@ -136,9 +134,7 @@ class TrainingData:
             if unit == "identity":
                 drawn = draw_people(imgs, pool, args.audit_canaries, args.subset_seed + 1, k_attack,
                                     f"--audit-canaries {args.audit_canaries} (of the {args.canary_split} split)")
-                self.coins = self._person_coins(drawn, "audit-canaries", args.canary_split, args)
-                n_candidates = sum(len(photos) for _, photos, _ in drawn)
-                heads = [photos for (_, photos, _), inc in zip(drawn, self.coins["included"]) if inc]
+                self.coins, heads, n_candidates = self._person_coins(drawn, "audit-canaries", args.canary_split, args)
                 extra.append(torch.cat(heads) if heads else pool[:0])
             else:
                 cand = pool[seeded_perm(len(pool), args.subset_seed + 1)[:args.audit_canaries]].sort().values
@@ -170,16 +166,19 @@ class TrainingData:
         return torch.tensor((self.canaries["indices"] if self.canaries else []) +
                             (self.coins["indices"] if self.coins else []), dtype=torch.long)
 
-    def _person_coins(self, drawn: list, kind: str, split: str, args) -> dict:
-        """One coin per drawn person: it includes or excludes all their training photos. ``indices`` lists every
-        candidate image (training and attack photos) so that no held-out pool uses them."""
-        heads = coin_flips(len(drawn), args.subset_seed)
-        return {"kind": kind, "unit": "identity", "seed": args.subset_seed, "split": split,
-                "identities": [p for p, _, _ in drawn], "included": heads.tolist(),
-                "photos": [photos.tolist() for _, photos, _ in drawn],
-                "attack_photos": [held.tolist() for _, _, held in drawn],
-                "indices": sorted(i for _, photos, held in drawn for i in photos.tolist() + held.tolist()),
-                "data_key": self.imgs.key}
+    def _person_coins(self, drawn: list, kind: str, split: str, args) -> tuple:
+        """One coin per drawn person: it includes or excludes all their training photos. Returns (the coins,
+        the included people's training photos, the number of candidate training photos); the coins' ``indices``
+        list every candidate image (training and attack photos) so that no held-out pool uses them."""
+        heads = coin_flips(len(drawn), args.subset_seed).tolist()
+        coins = {"kind": kind, "unit": "identity", "seed": args.subset_seed, "split": split,
+                 "identities": [p for p, _, _ in drawn], "included": heads,
+                 "photos": [photos.tolist() for _, photos, _ in drawn],
+                 "attack_photos": [held.tolist() for _, _, held in drawn],
+                 "indices": sorted(i for _, photos, held in drawn for i in photos.tolist() + held.tolist()),
+                 "data_key": self.imgs.key}
+        included = [photos for (_, photos, _), inc in zip(drawn, heads) if inc]
+        return coins, included, sum(len(photos) for _, photos, _ in drawn)
 
     def _coins(self, cand: torch.Tensor, kind: str, args) -> dict:
         heads = coin_flips(len(cand), args.subset_seed)
