@@ -19,6 +19,7 @@ What the reported ε covers (docs/privacy.md):
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from typing import Protocol
 
@@ -195,29 +196,87 @@ class OpacusBackend:
         return gan.d_forward_backward(D, real, fake)
 
 
-def _accountant_epsilon(acc, delta: float, sigma: float) -> float:
-    """ε of an Opacus accountant; a setting it cannot evaluate is a one-line error, not a deep traceback (PRV
-    tries to allocate terabytes for a tiny noise multiplier such as 0.001)."""
-    try:
-        return float(acc.get_epsilon(delta=delta))
-    except (MemoryError, ValueError, OverflowError, RuntimeError) as e:
-        raise UserError(f"the {acc.mechanism()} accountant cannot evaluate σ = {sigma:g} ({type(e).__name__}); ε would "
-                        "be enormous: use a larger --noise-multiplier, or --accountant rdp") from None
+# The PRV accountant evaluates ε on a grid whose size grows without bound as σ shrinks (Gopi et al.'s safe domain
+# [-L, L] at mesh eps_error / sqrt(steps log(12 / δ_err) / 2)): 317 million points for σ = 0.05, q = 0.5, 168
+# steps, which the kernel's OOM killer ends. Measured (opacus 1.6, numpy FFT, AMD EPYC Zen 3, 2026-12-07): 67-180
+# bytes per point at peak, so PRV_MAX_POINTS keeps an evaluation under about 0.7 GB; every DP setting of the
+# studies needs at most 1.8 million (ε = 64 at q = 0.5 over 960 steps). Beyond L = 500, exp(t) in Opacus' PRV
+# nears float64's range (it overflows at 709 and returns ε = inf at σ = 0.15, q = 0.5, 168 steps).
+PRV_MAX_POINTS = 4_000_000
+PRV_MAX_DOMAIN = 500.0
+
+
+class AccountingTooLarge(Exception):
+    """The accountant cannot evaluate this ledger in bounded memory; the message says why."""
+
+
+def _bounded_prv():
+    """Opacus' PRV accountant that refuses, once it has chosen its grid and before it allocates it, a grid of more
+    than PRV_MAX_POINTS points or beyond PRV_MAX_DOMAIN (AccountingTooLarge)."""
+    from opacus.accountants import PRVAccountant
+
+    class BoundedPRV(PRVAccountant):
+        def _get_domain(self, *args, **kwargs):
+            domain = super()._get_domain(*args, **kwargs)
+            if domain.size > PRV_MAX_POINTS or domain.t_max > PRV_MAX_DOMAIN:
+                raise AccountingTooLarge(
+                    f"grid would need {domain.size:,} points over [{domain.t_min:,.0f}, {domain.t_max:,.0f}] (at most "
+                    f"{PRV_MAX_POINTS:,} within {PRV_MAX_DOMAIN:g}: about {domain.size * 180 / 2 ** 30:,.1f} GB)")
+            return domain
+
+    return BoundedPRV()
 
 
 @functools.lru_cache(maxsize=256)
 def epsilon_of(accountant: str, history: tuple, delta: float) -> float:
-    """ε of an Opacus ledger, ``history`` = ((σ, q, steps), ...), under ``accountant`` at δ. Memoised: one PRV
-    evaluation takes 0.2-1.2 s on a CPU (longer for large q), as long as dozens of small D steps."""
+    """ε of an Opacus ledger, ``history`` = ((σ, q, steps), ...), under ``accountant`` at δ; inf where some σ is 0
+    (clipping without noise). Raises AccountingTooLarge, before allocating anything, where PRV's grid would not fit
+    in memory. Memoised: one PRV evaluation takes 0.2-1.2 s on a CPU (longer for large q)."""
     if not sum(s for _, _, s in history):
         return 0.0
+    if any(sigma == 0 for sigma, _, s in history if s):
+        return math.inf
     from opacus.accountants import create_accountant
 
-    acc = create_accountant(accountant)
+    acc = _bounded_prv() if accountant == "prv" else create_accountant(accountant)
     acc.history = [tuple(h) for h in history]
+    return _accountant_epsilon(acc, delta)
+
+
+def _accountant_epsilon(acc, delta: float) -> float:
+    """The one place an accountant is evaluated (tests count the calls)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _accountant_epsilon(acc, delta, max(sigma for sigma, _, _ in history))
+        return float(acc.get_epsilon(delta=delta))
+
+
+def noise_for_epsilon(target: float, delta: float, sample_rate: float, steps: int, accountant: str,
+                      tolerance: float = 0.01) -> float:
+    """σ that spends ``target`` after ``steps`` steps at ``sample_rate``: Opacus' get_noise_multiplier search step
+    for step (double σ from 10 until ε <= target, then bisect on [0, σ]), so its σ is Opacus' to the last digit,
+    with one difference: a σ whose ε the accountant cannot evaluate in bounded memory (PRV at a small σ, which the
+    bisection visits on the way to a large target) counts as spending more than the target, instead of
+    allocating until the machine runs out of memory. Raises ValueError past σ = 1e6, as Opacus does."""
+    def eps(sigma):
+        try:
+            return epsilon_of(accountant, ((sigma, sample_rate, steps),), delta)
+        except AccountingTooLarge:
+            return math.inf
+
+    eps_high, sigma_low, sigma_high = math.inf, 0.0, 10.0
+    while eps_high > target:
+        sigma_high = 2 * sigma_high
+        eps_high = eps(sigma_high)
+        if sigma_high > 1e6:
+            raise ValueError("The privacy budget is too low.")
+    while target - eps_high > tolerance and sigma_high - sigma_low > 1e-12 * sigma_high:  # (the second: the
+        sigma = (sigma_low + sigma_high) / 2  # target lies beyond what PRV can evaluate; σ_high spends less)
+        e = eps(sigma)
+        if e < target:
+            sigma_high, eps_high = sigma, e
+        else:
+            sigma_low = sigma
+    return sigma_high
 
 
 # ----------------------------------------------------------------------------- DP-SGD
@@ -245,8 +304,9 @@ class DPSGD:
             raise UserError("give exactly one of --epsilon (target) or --noise-multiplier")
         if args.epsilon is not None and not args.epsilon > 0:
             raise UserError(f"--epsilon must be > 0, got {args.epsilon}")
-        if args.noise_multiplier is not None and not args.noise_multiplier > 0:
-            raise UserError(f"--noise-multiplier must be > 0, got {args.noise_multiplier}")
+        if args.noise_multiplier is not None and not args.noise_multiplier >= 0:
+            raise UserError(f"--noise-multiplier must be >= 0 (0: clipping only, no privacy), got "
+                            f"{args.noise_multiplier}")
         if not 0 < args.delta < 1:
             raise UserError(f"--delta must be in (0, 1), got {args.delta}")
         if not args.max_grad_norm > 0:
@@ -277,7 +337,6 @@ class DPSGD:
         planned images; ``people`` = (planned people, each training row's person as 0..U-1): with person-level DP
         people are Poisson-sampled and clipped, and the accountant's q is per person."""
         from opacus import PrivacyEngine
-        from opacus.accountants.utils import get_noise_multiplier
         from opacus.validators import ModuleValidator
 
         a = self.args
@@ -302,9 +361,8 @@ class DPSGD:
             self.noise_multiplier = a.noise_multiplier
         else:
             try:
-                self.noise_multiplier = get_noise_multiplier(
-                    target_epsilon=a.epsilon, target_delta=a.delta, sample_rate=self.sample_rate,
-                    steps=total_steps, accountant=a.accountant, epsilon_tolerance=0.01)
+                self.noise_multiplier = noise_for_epsilon(a.epsilon, a.delta, self.sample_rate, total_steps,
+                                                          a.accountant)
             except ValueError:
                 raise UserError(f"epsilon = {a.epsilon} is unreachable with {total_steps} steps at sample rate "
                                 f"{self.sample_rate:.4g} (noise multiplier would exceed 1e6); raise --epsilon, "
@@ -326,7 +384,12 @@ class DPSGD:
         assert abs(optD.expected_batch_size * dist_world()[1] - int(n_train * self.sample_rate)) < 1  # per-rank share
         if state is not None:
             self.engine.accountant.load_state_dict(state["accountant"])
-        projected = self.epsilon_at(total_steps)  # also checks that the accountant can evaluate this setting
+        try:  # the run's accountant at its last step: every later evaluation of it is no larger
+            projected = self.epsilon_at(total_steps)
+        except AccountingTooLarge as e:
+            raise UserError(f"the {a.accountant} accountant cannot evaluate σ = {self.noise_multiplier:g} over "
+                            f"{total_steps} steps: {e}; ε would be enormous: use a larger --noise-multiplier, or "
+                            "--accountant rdp") from None
         if a.epsilon is not None and projected > a.epsilon + 0.01:
             raise UserError(f"refusing to train: {total_steps} steps in total would spend ε = {projected:.3f} "
                             f"> target ε = {a.epsilon} (σ = {self.noise_multiplier:.4f} was fixed for the original "
@@ -414,6 +477,8 @@ class DPSGD:
         """The ε the log and the progress bar show after ``step`` D steps (default: the steps taken): exact at
         multiples of ``refresh_every`` and at the final step, else the exact ε of the last multiple (it lags by
         fewer than refresh_every steps). A function of the step, so a resumed run logs the same values."""
+        if self.noise_multiplier == 0:
+            return None  # clipping only: ε = ∞, nothing to log
         step = self.steps_taken() if step is None else step
         return self.epsilon_at(step if final else step - step % self.refresh_every)
 
@@ -437,19 +502,29 @@ class DPSGD:
         blocks = f", {self.clipper.n_blocks} blocks" if a.clipping != "flat" else ""
         cap = "" if a.max_photos_per_unit is None else f", at most {a.max_photos_per_unit} per step"
         unit = "" if self.unit == "image" else f", unit: one PERSON (all photos{cap})"
+        eps = ("ε = ∞ (σ = 0: clipping only, no privacy)" if self.noise_multiplier == 0 else
+               f"ε = {self.epsilon_at(self.total_steps):.3f} ({a.accountant})")
         return (f"DP-SGD on D{unit}: {target}, δ = {a.delta:g}, σ = {self.noise_multiplier:.4f}, C = {a.max_grad_norm} "
                 f"({a.clipping}{blocks}), q = {self.sample_rate:.5f} "
-                f"({'Poisson' if a.poisson else 'shuffled, NOT Poisson'}), {self.total_steps} steps -> "
-                f"ε = {self.epsilon_at(self.total_steps):.3f} ({a.accountant})")
+                f"({'Poisson' if a.poisson else 'shuffled, NOT Poisson'}), {self.total_steps} steps -> {eps}")
 
     def results(self):
         steps = self.steps_taken()
         ledger = tuple(tuple(h) for h in self.engine.accountant.history)  # what was spent, step by step
-        out = {"epsilon": epsilon_of(self.args.accountant, ledger, self.args.delta),
-               "delta": self.args.delta, "noise_multiplier": self.noise_multiplier, "sample_rate": self.sample_rate,
+        out = {"delta": self.args.delta, "noise_multiplier": self.noise_multiplier, "sample_rate": self.sample_rate,
                "dp_steps": steps, "accountant": self.args.accountant, "max_grad_norm": self.args.max_grad_norm,
                "target_epsilon": self.args.epsilon, "poisson_sampling": self.args.poisson,
                "privacy_unit": self.unit}
-        for acc in ("rdp", "prv"):  # the same ledger under both accountants, for transparency
-            out[f"epsilon_{acc}"] = epsilon_of(acc, ledger, self.args.delta)
+        # the run's ε, and the same ledger under both accountants for transparency: each evaluation is bounded in
+        # memory (a grid too large for PRV is skipped, never allocated), so a finished run always gets its results
+        for key, acc in (("epsilon", self.args.accountant), ("epsilon_rdp", "rdp"), ("epsilon_prv", "prv")):
+            try:
+                eps = epsilon_of(acc, ledger, self.args.delta)
+            except AccountingTooLarge as e:
+                out[key], out[f"{key}_note"] = None, f"not evaluated: the {acc} accountant's {e}"
+                continue
+            out[key] = eps if math.isfinite(eps) else None
+            if not math.isfinite(eps):
+                out[f"{key}_note"] = "ε = ∞: σ = 0, clipping only, no privacy" if self.noise_multiplier == 0 else \
+                    f"the {acc} accountant returned ε = {eps}"
         return out

@@ -231,6 +231,7 @@ def test_resume_refuses_to_exceed_target(tmp_path, capsys):
     (["--epsilon", "1", "--noise-multiplier", "1"], "exactly one"),
     (["--epsilon", "1e-9", "--epochs", "50"], "unreachable"),
     (["--noise-multiplier", "0.001"], "cannot evaluate σ = 0.001"),
+    (["--noise-multiplier", "-1"], "--noise-multiplier must be >= 0"),
     (["--secure-rng"], "torchcsprng"),
 ])
 def test_bad_dp_input(tmp_path, capsys, extra, msg):
@@ -245,6 +246,68 @@ def test_bad_dp_input(tmp_path, capsys, extra, msg):
         train_dcgan_dp.main(tiny_args(tmp_path, *extra))
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and msg in err[-1] and not any("Traceback" in x for x in err)
+
+
+def _run_measured(path, *extra):
+    """train_dcgan_dp.py in a child process: (exit code, stderr, the child's own peak resident memory in bytes)."""
+    import resource
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import json, resource, sys, train_dcgan_dp\n"
+            "try:\n    train_dcgan_dp.main(sys.argv[1:])\nfinally:\n"
+            "    print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))")
+    # 64 images, batch 32: q = 1/2 as in issue #47 (168 D steps there, 40 here), on a tiny model
+    argv = tiny_args(path, "--train-size", "64", "--epochs", "20", "--ema-decay", "0", *extra)
+    p = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                       cwd=Path(privacy.__file__).parent, timeout=300)
+    assert resource.getpagesize() and p.stdout.strip(), p.stderr
+    return p.returncode, p.stderr, int(p.stdout.strip().splitlines()[-1]) * 1024
+
+
+def test_a_small_sigma_run_keeps_its_results_and_clipping_only_is_epsilon_infinity(tmp_path):
+    """Issue #47: at σ = 0.05 (q = 1/2, 40 steps) the PRV accountant's grid would need 150 million points (GBs):
+    results.json's transparency ε under PRV is skipped with a note, never allocated, so a run under RDP finishes
+    with its results and samples in bounded memory; σ = 0 (clipping only) is ε = ∞, recorded as null with a note;
+    under the default PRV accountant σ = 0.05 is refused before the first step."""
+    code, err, peak = _run_measured(tmp_path / "rdp", "--noise-multiplier", "0.05", "--accountant", "rdp")
+    res = json.loads((tmp_path / "rdp" / "results.json").read_text())
+    assert code == 0 and peak < 2 * 2 ** 30, (err, peak)
+    assert res["dp_steps"] == 40 and (tmp_path / "rdp" / "samples.npz").is_file()
+    assert res["epsilon"] == res["epsilon_rdp"] > 1e3 and res["epsilon_prv"] is None
+    assert "not evaluated" in res["epsilon_prv_note"] and "points" in res["epsilon_prv_note"]
+
+    code, err, peak = _run_measured(tmp_path / "clip", "--noise-multiplier", "0")
+    res = json.loads((tmp_path / "clip" / "results.json").read_text())
+    assert code == 0 and peak < 2 * 2 ** 30, (err, peak)
+    assert res["noise_multiplier"] == 0 and res["epsilon"] is None and res["epsilon_prv"] is None
+    assert "ε = ∞" in res["epsilon_note"] and (tmp_path / "clip" / "samples.npz").is_file()
+    log = [json.loads(x) for x in (tmp_path / "clip" / "log.jsonl").read_text().splitlines()]
+    assert not any("epsilon" in r for r in log)  # no ε to log, and no Infinity in the JSON
+
+    code, err, _ = _run_measured(tmp_path / "prv", "--noise-multiplier", "0.05")
+    assert code == 2 and "cannot evaluate σ = 0.05" in err and "--accountant rdp" in err
+    assert not (tmp_path / "prv" / "log.jsonl").exists() and not (tmp_path / "prv" / "ckpt.pt").exists()
+
+
+def test_sigma_calibration_is_opacus_search_with_bounded_evaluations(monkeypatch):
+    """noise_for_epsilon walks Opacus' get_noise_multiplier search (the same σ to the last digit where every
+    evaluation fits in memory); where the search passes through a σ whose PRV grid would not fit (here: a grid cap
+    of 20,000 points, so that the test is fast), that σ counts as spending too much, and the search ends with a σ
+    that spends at most the target."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    for eps, q, steps in ((8.0, 0.5, 96), (1.0, 0.1, 300)):
+        assert privacy.noise_for_epsilon(eps, 1e-6, q, steps, "rdp") == get_noise_multiplier(
+            target_epsilon=eps, target_delta=1e-6, sample_rate=q, steps=steps, accountant="rdp")
+    monkeypatch.setattr(privacy, "PRV_MAX_POINTS", 20_000)
+    privacy.epsilon_of.cache_clear()
+    sigma = privacy.noise_for_epsilon(100.0, 1e-6, 1.0, 10, "prv")
+    with pytest.raises(privacy.AccountingTooLarge, match="grid would need"):  # the search went past the cap
+        privacy.epsilon_of("prv", ((sigma / 2, 1.0, 10),), 1e-6)
+    assert privacy.epsilon_of("prv", ((sigma, 1.0, 10),), 1e-6) <= 100.0
+    privacy.epsilon_of.cache_clear()
 
 
 def test_delta_warning(tmp_path):
