@@ -95,7 +95,7 @@ def _setup(mode: str, batch: int, device, width: int = 64):
     else:
         import train_dcgan_dp
 
-        args = train_dcgan_dp.parse_args(["--noise-multiplier", "1.0", "--grad-sample-mode", mode])
+        args = train_dcgan_dp.parse_config(["--noise-multiplier", "1.0", "--grad-sample-mode", mode])
         privacy = privacy_mod.DPSGD(args)
         D, optD = privacy.make_private(D, optD, n_train=batch * 100, batch_size=batch, steps_per_epoch=100,
                                        total_steps=100)

@@ -154,11 +154,21 @@ def transform_pil(img: Image.Image, image_size: int | None, channels: int | None
 
 
 def _decode(path, image_size, channels):
+    """(uint8 array, None), or (None, why) for a file whose CONTENT is bad (corrupt, truncated, not an image): a
+    skipped file is cached as such. A failure to read the file (an OSError with an errno: missing, no permission,
+    an I/O error) may pass, so it is an error of the run, never remembered."""
     try:
         with Image.open(path) as img:
             img.load()
             return transform_pil(img, image_size, channels), None
-    except Exception as e:  # corrupt, truncated or not an image at all
+    except OSError as e:
+        if e.errno is not None:  # PIL's own decoding errors (truncated, unidentified) carry no errno
+            raise UserError(f"cannot read {path} ({type(e).__name__}: {e.strerror or e}); fix or remove it and "
+                            "run again") from None
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    except MemoryError:
+        raise
+    except Exception as e:  # any other decoder error: bad content
         return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
@@ -188,6 +198,31 @@ def _warn_skipped(skipped, total):
         eg = "; ".join(f"{Path(p).name} ({why})" for p, why in skipped[:3])
         print(f"warning: skipped {len(skipped)} of {total} unreadable image file(s), e.g. {eg}. "
               "Delete or re-download them to silence this.", file=sys.stderr)
+
+
+def fingerprint(data: str, root=None) -> str:
+    """What identifies a source's files without decoding them (a study stage's key, stages.py): the bundled digits'
+    scikit-learn version; a photo folder's file names and sizes and the contents of its partition and identity
+    files. A changed, added or removed file changes it."""
+    import hashlib
+
+    from utils import sha256_file
+
+    if data == "digits":
+        import sklearn
+
+        return f"sklearn-digits {sklearn.__version__}"
+    if data == "celeba":
+        folder, part = find_celeba(Path(root).expanduser())
+        extra = [part, celeba_identity_file(Path(root).expanduser())]
+    else:
+        folder, extra = Path(str(data).partition("folder:")[2] or root).expanduser(), []
+    h = hashlib.sha256()
+    for p in _list_images(folder):
+        h.update(f"{p.relative_to(folder)}\0{p.stat().st_size}\n".encode())
+    for f in extra:
+        h.update(f"{f.name if f else None}\0{sha256_file(f) if f else ''}\n".encode())
+    return h.hexdigest()
 
 
 def _list_images(folder: Path) -> list:
@@ -282,7 +317,7 @@ def _groups(images, threshold, cache_dir, key):
     """Near-duplicate groups of a photo source, cached beside the decoded images; (groups, report)."""
     if not threshold or threshold <= 0:
         return None, {"threshold": None, "note": "near-duplicate grouping disabled"}
-    path = Path(cache_dir) / f"groups-{sha256_json([key, threshold])[:16]}.pt" if cache_dir else None
+    path = Path(cache_dir) / f"groups-{sha256_json([key, threshold, CACHE_VERSION])[:16]}.pt" if cache_dir else None
     groups = _cached(path)
     if groups is None or len(groups) != len(images):
         groups = near_duplicate_groups(images, threshold)
@@ -430,6 +465,8 @@ def _cached(path):
         return None
     try:
         return torch.load(path, weights_only=True)
+    except MemoryError:
+        raise
     except Exception:
         return None
 
@@ -561,11 +598,11 @@ def save_npz(path, images: torch.Tensor) -> None:
     """Save uint8 images (N, C, H, W) as .npz (key 'images'), atomically."""
     import io
 
-    from utils import _atomic_write
+    from utils import atomic_write_bytes
 
     buf = io.BytesIO()
     np.savez_compressed(buf, images=images.numpy())
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_npz(path) -> torch.Tensor:

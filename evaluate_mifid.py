@@ -23,7 +23,7 @@ import torch
 
 import data as data_mod
 import metrics
-from utils import Parser, Threads, UserError, init_distributed, run_cli, seeded_subset, write_json
+from utils import Parser, Threads, UserError, atomic_save_npy, init_distributed, run_cli, seeded_subset, write_json
 
 
 def build_parser():
@@ -72,6 +72,23 @@ def build_parser():
     return p
 
 
+def check_args(args):
+    """Every value in range (one-line errors); returns ``args`` unchanged."""
+    for k in ("num_samples", "batch_size", "pr_k"):
+        if getattr(args, k) < 1:
+            raise UserError(f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}")
+    for k in ("max_real", "image_size"):
+        if getattr(args, k) is not None and getattr(args, k) < 1:
+            raise UserError(f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}")
+    if args.kid_subset_size < 2:
+        raise UserError(f"--kid-subset-size must be >= 2 (KID's unbiased estimate), got {args.kid_subset_size}")
+    if not args.mifid_eps > 0:
+        raise UserError(f"--mifid-eps must be > 0, got {args.mifid_eps}")
+    if not 0 <= args.dedup_threshold <= 1:
+        raise UserError(f"--dedup-threshold must be in [0, 1] (0 disables), got {args.dedup_threshold}")
+    return args
+
+
 def load_gen(spec: str, num_samples: int, device) -> tuple[torch.Tensor, str]:
     p = Path(spec)
     if p.is_dir() and (p / "samples.npz").is_file():
@@ -94,8 +111,9 @@ def load_gen(spec: str, num_samples: int, device) -> tuple[torch.Tensor, str]:
     raise UserError(f"--gen {spec}: expected a folder, .npz, or generator .pt")
 
 
-def load_real_features(args, extractor, size, channels):
-    """(train features, held-out features or None, train uint8 images or None, description)."""
+def load_real_features(args, extractor, size, channels, train_of=None):
+    """(train features, held-out features or None, train uint8 images or None, description); ``train_of``: the run
+    whose training set is the real side (default --train-of, else --gen when it is a run folder)."""
     if args.real and args.real.endswith(".npz") and Path(args.real).is_file():
         with np.load(args.real, allow_pickle=False) as z:
             if "train" not in z.files:
@@ -103,7 +121,7 @@ def load_real_features(args, extractor, size, channels):
             if str(z["weights_sha256"]) != extractor.sha256:
                 raise UserError(f"{args.real} was computed with other Inception weights; recompute it")
             return z["train"], (z["heldout"] if "heldout" in z.files else None), None, f"features {args.real}"
-    run = args.train_of or (args.gen if args.gen and (Path(args.gen) / "config.json").is_file() else None)
+    run = train_of or args.train_of or (args.gen if args.gen and (Path(args.gen) / "config.json").is_file() else None)
     if args.real is None and run is None:
         raise UserError("give --real (celeba, folder:PATH, digits or a --save-stats file): --gen is not a training "
                         "run folder, so there is no training set to default to (or name one with --train-of)")
@@ -149,10 +167,10 @@ def evaluate(args) -> dict:
         raise UserError("give --gen (the images to score) or --reference-of RUN (its held-out real images)")
     rank, world, device = init_distributed(args.device)  # torchrun: Inception batches are sharded over ranks
     threads = Threads(args.threads)
+    train_of = args.train_of
     if args.reference_of is not None:
         gen_u8 = reference_images(args.reference_of, args.num_samples, args.cache_dir)
-        gen_desc, args.train_of = f"{len(gen_u8)} held-out val images of {args.reference_of}", \
-            args.train_of or args.reference_of
+        gen_desc, train_of = f"{len(gen_u8)} held-out val images of {args.reference_of}", train_of or args.reference_of
     else:
         gen_u8, gen_desc = load_gen(args.gen, args.num_samples, device)
     if len(gen_u8) < 2:
@@ -161,7 +179,7 @@ def evaluate(args) -> dict:
     channels = args.channels or gen_u8.shape[1]
     extractor = metrics.InceptionFeatures(args.inception_weights, device, args.batch_size, args.strict_weights,
                                           threads=threads, progress=not args.no_progress)
-    train_f, held_f, train_u8, real_desc = load_real_features(args, extractor, size, channels)
+    train_f, held_f, train_u8, real_desc = load_real_features(args, extractor, size, channels, train_of)
     gen_f = (metrics.cached_features(extractor, gen_u8, args.cache_dir, desc=f"generated features ({len(gen_u8)})")
              if args.cache_generated else extractor(gen_u8, desc=f"generated features ({len(gen_u8)})"))
     if args.save_stats and rank == 0:
@@ -206,7 +224,7 @@ def evaluate(args) -> dict:
     out = Path(args.out) if args.out else (Path(args.gen) / "eval" if args.gen and Path(args.gen).is_dir() and
                                            (Path(args.gen) / "config.json").exists() else Path("outputs/eval"))
     out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "nearest_distances.npy", dists)
+    atomic_save_npy(out / "nearest_distances.npy", dists)
     write_json(out / "eval.json", res)
     metrics.distance_histogram({"generated": dists}, out / "memorization_hist.png", args.mifid_eps)
     if train_u8 is not None:
@@ -234,8 +252,13 @@ def print_table(r: dict) -> None:
         print(f"  {k:<{w}}  {v}")
 
 
+def parse_args(argv=None):
+    """The command line, every value checked (one-line errors)."""
+    return check_args(build_parser().parse_args(argv))
+
+
 def main(argv=None):
-    return run_cli(lambda a: evaluate(build_parser().parse_args(a)), argv)
+    return run_cli(lambda a: evaluate(parse_args(a)), argv)
 
 
 if __name__ == "__main__":

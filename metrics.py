@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from utils import UserError, all_gather, dist_world, keep_freed_memory, plt, sha256_file, sha256_json
+from utils import (UserError, all_gather, atomic_save_npy, dist_world, file_lock, keep_freed_memory, plt, sha256_file,
+                   sha256_json)
 
 OFFICIAL_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 KNOWN_WEIGHTS = {
@@ -176,7 +177,7 @@ def cached_features(extractor: InceptionFeatures, images: torch.Tensor, cache_di
     path = Path(cache_dir) / f"features-{full_key[:20]}.npy" if cache_dir else None
     if path is None:
         return extractor(images, desc=desc)
-    with _file_lock(path.with_suffix(".lock"), dist_world()[0] == 0):
+    with file_lock(path.with_suffix(".lock"), wait=True) if dist_world()[0] == 0 else contextlib.nullcontext():
         hit = all_gather(path.is_file())[0]  # rank 0 decides, so all ranks extract or none
         if hit:
             feats = np.load(path, allow_pickle=False)
@@ -184,29 +185,8 @@ def cached_features(extractor: InceptionFeatures, images: torch.Tensor, cache_di
             return feats
         feats = extractor(images, desc=desc)
         if dist_world()[0] == 0:
-            tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-            np.save(tmp, feats)
-            os.replace(tmp, path)
+            atomic_save_npy(path, feats)
     return feats
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path, take: bool = True):
-    """An exclusive advisory lock on ``path`` (POSIX flock; elsewhere, and with take=False, no lock)."""
-    try:
-        import fcntl
-    except ImportError:
-        fcntl = None
-    if not take or fcntl is None:
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # ----------------------------------------------------------------------------- FID

@@ -39,7 +39,6 @@ class DUpdate(Protocol):
     """What train_dcgan.train asks of a privacy strategy: NonPrivate and DPSGD implement it."""
 
     private: bool
-    locked_args: tuple  # arguments a resumed run must keep (with train_dcgan's)
 
     def check_args(self, args) -> None: ...
     def make_private(self, D, optD, *, n_train, batch_size, steps_per_epoch, total_steps, state=None,
@@ -61,7 +60,6 @@ class NonPrivate:
     """The non-private D update."""
 
     private = False
-    locked_args = ()
 
     def __init__(self, args=None):
         self.args = args
@@ -284,8 +282,6 @@ class DPSGD:
     """DP-SGD on D: a backend for the clipped sums, Opacus' optimizer for the noise, and the ε ledger."""
 
     private = True
-    locked_args = ("epsilon", "noise_multiplier", "delta", "max_grad_norm", "clipping", "accountant", "poisson",
-                   "grad_sample_mode", "secure_rng", "max_photos_per_unit", "dp_unit")
     LIVE_EVALUATIONS = 10  # how often per run the log's ε is evaluated anew (exact at the end)
 
     def __init__(self, args):
@@ -349,6 +345,10 @@ class DPSGD:
                 raise UserError("person-level DP needs the training rows' people (train_dcgan.train passes them)")
             n_train, self.unit_of = people
         self.n_train, self.sample_rate, self.total_steps = n_train, 1.0 / steps_per_epoch, total_steps
+        if n_train * self.sample_rate < 1:  # Opacus' noise scale divides by the expected units per step
+            raise UserError(f"person-level DP: {n_train} people over {steps_per_epoch} D steps per epoch is fewer than "
+                            f"one person per step on average; raise --batch-size ({batch_size}) to at least "
+                            f"{batch_size * steps_per_epoch // n_train + 1}, or draw more people")
         if self.unit_of is not None and dist_world()[1] > 1:
             raise UserError("--privacy-unit identity under torchrun would split a person's photos over ranks (each "
                             "clipped on its own); train it in one process")

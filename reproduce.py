@@ -37,24 +37,37 @@ and per person (audit.py's identity audit, white-box calibrated by a reference m
 --public-root photos of other people). Writes OUT/identity.md, identity.json and identity_samples.png (default
 OUT: outputs/reproduce-identity).
 
-Idempotent and resumable: a finished stage whose settings match is reused; an interrupted training run
-resumes from its checkpoint; changing a setting reruns only the stages it affects. Several machines on a shared
-folder: give each a share of the models with --only (same flags and --out otherwise), then run the command once
-more without --only: it reuses every stage and writes the report.
+Idempotent and resumable: each stage is keyed on its settings, the content of its inputs and the code it runs
+(stages.py); a finished stage with the same key is reused, any other runs again (a training with another key is
+moved aside, never resumed under new settings), and an interrupted training resumes from its checkpoint.
+--dry-run says what would run and why. Several machines on a shared folder: give each a share of the models with
+--only (same flags and --out otherwise), then run the command once more without --only: it reuses every stage
+and writes the report.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import audit
+import evaluate_mifid
 import report
-from stages import Stage, run_stages
+import train_dcgan
+import train_dcgan_dp
+from report import Layout, Model, argv_of
+from stages import Script, Stage, plan_stages, run_stages
 from utils import Parser, UserError, run_cli
+
+SCRIPTS = {"train_dcgan": Script("train_dcgan", train_dcgan.parse_config, train_dcgan.train, training=True),
+           "train_dcgan_dp": Script("train_dcgan_dp", train_dcgan_dp.parse_config, train_dcgan_dp.train,
+                                    training=True),
+           "evaluate_mifid": Script("evaluate_mifid", evaluate_mifid.parse_args, evaluate_mifid.evaluate),
+           "audit": Script("audit", audit.parse_args, audit.audit)}
 
 PRESETS = {
     # CelebA 32px grayscale with a random image split (membership audits need exchangeable members and
@@ -147,22 +160,28 @@ def build_parser():
                    help="run only these models' stages (comma-separated run names, e.g. n250-dp-eps8; a non-private "
                         "model brings its reference row) and write no report: several machines can share one --out "
                         "this way, and a final invocation without --only reuses their stages and writes the report")
+    p.add_argument("--dry-run", action="store_true",
+                   help="say which stages would run and why (settings, inputs or code changed) and which would be "
+                        "reused, then exit without running anything")
+    p.add_argument("--reuse-stale", action="store_true",
+                   help="keep finished stages whose only difference is the code (a change known not to matter); the "
+                        "report lists them as stale")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per stage event)")
     return p
 
 
-def settings(args) -> dict:
-    """The preset, overridden by every flag the user gave."""
-    s = dict(PRESETS["quick" if args.quick else "full"])
+def settings(args, **defaults) -> dict:
+    """The preset (with ``defaults`` over it), overridden by every flag the user gave."""
+    s = {**PRESETS["quick" if args.quick else "full"], **defaults}
     for k in list(s):
         v = getattr(args, k, None)
         if v is not None:
             s[k] = v
     s.update(data_root=args.data_root if s["data"] == "celeba" else None, delta=args.delta, seed=args.seed,
              device=args.device, inception_weights=args.inception_weights, cache_dir=args.cache_dir,
-             public_root=args.public_root, no_progress=args.no_progress)
+             public_root=args.public_root, no_progress=args.no_progress, quick=args.quick)
     s["jobs"], s["threads"] = workers(args.jobs, args.threads)
-    s["warm_lr"] = WARM[1]
+    s["warm_lr"] = WARM_LR
     if s["data"] == "celeba" and not s["data_root"]:
         raise UserError("the full study trains on CelebA: pass --data-root (or set $CELEBA_ROOT), "
                         "or run --quick for the bundled digits")
@@ -203,19 +222,26 @@ def workers(jobs, threads) -> tuple:
     return jobs, threads or str(max(1, cores // jobs))
 
 
-def common_argv(s: dict) -> list:
-    argv = ["--data", s["data"], "--image-size", "32", "--channels", "1", "--seed", str(s["seed"]),
-            "--num-samples", str(s["num_samples"]), "--device", s["device"], "--threads", str(s["threads"]),
-            "--cache-dir", s["cache_dir"], "--no-progress"]
+def common_flags(s: dict) -> dict:
+    """The flags every training of a study shares."""
+    flags = {"--data": s["data"], "--image-size": 32, "--channels": 1, "--seed": s["seed"],
+             "--num-samples": s["num_samples"], "--device": s["device"], "--threads": s["threads"],
+             "--cache-dir": s["cache_dir"], "--no-progress": True}
     if s["data"] == "celeba":
-        argv += ["--data-root", str(s["data_root"]), "--random-split"]
-    return argv
+        flags.update({"--data-root": s["data_root"], "--random-split": True})
+    return flags
+
+
+def flags_of(argv: list) -> dict:
+    """{flag: value} of a command line of flags with values (the levers table's lists)."""
+    return dict(zip(argv[::2], argv[1::2]))
 
 
 # Fine-tuning a pretrained GAN with DP: small steps keep what it learned. Measured with the DP defaults at ε = 8,
 # G starting from the pretraining's EMA generator (FID vs the private training set; the pretraining alone scores
 # 73.2, see the levers table): lr 5e-5 310.4, 2e-5 164.7, 5e-6 80.6, 1e-6 71.6.
-WARM = ["--lr", "1e-6"]
+WARM_LR = "1e-6"
+WARM = ["--lr", WARM_LR]  # as the levers table writes it
 
 # DP from scratch on few images: DP-SGD's noise grows with D's parameter count and the clipped signal with the
 # number of training images, so below SMALL_N images the DP discriminator gets a quarter of the default's
@@ -225,50 +251,44 @@ WARM = ["--lr", "1e-6"]
 SMALL_N, SMALL_NDF = 2000, 8
 
 
-def model_plan(s: dict, out: Path, public=None) -> list:
-    """[(size N, name, script module, argv)] of the models of the study. With ``public`` (the public pretraining
-    run), every size also gets a non-private and one DP model per warm epsilon fine-tuned from it: the same start
-    and budget, each with its script's recipe as for the from-scratch rows (D's width is the pretraining's; the
-    DP fine-tune at the WARM lr). The warm DP rows are the study's DP recipe: from scratch, DP-SGD with
-    epsilon x N up to 18,400 learns coarse faces at best (docs/results.md). Why not one shared recipe: at lr 1e-6 a
-    non-private fine-tune does not leave the pretraining either (measured: FID 103.7 / 85.8 / 80.9 at N = 250 /
-    1,000 / 2,300, every attack at chance), so the pair would not show what DP removes."""
-    plan = []
+def model_plan(s: dict, public: Path | None = None) -> list:
+    """The Models of the study. With ``public`` (the public pretraining's run folder), every size also gets a
+    non-private and one DP model per warm epsilon fine-tuned from it: the same start and budget, each with its
+    script's recipe as for the from-scratch rows (D's width is the pretraining's; the DP fine-tune at the WARM lr).
+    The warm DP rows are the study's DP recipe: from scratch, DP-SGD with epsilon x N up to 18,400 learns coarse
+    faces at best (docs/results.md). Why not one shared recipe: at lr 1e-6 a non-private fine-tune does not leave
+    the pretraining either (measured: FID 103.7 / 85.8 / 80.9 at N = 250 / 1,000 / 2,300, every attack at chance),
+    so the pair would not show what DP removes."""
+    plan, seed = [], s["seed"]
     for n in s["size_list"]:
-        argv = common_argv(s) + ["--train-size", str(n), "--coin-subset",
-                                 "--epochs", str(max(1, round(s["budget"] / n)))]
+        base = {**common_flags(s), "--train-size": n, "--coin-subset": True,
+                "--epochs": max(1, round(s["budget"] / n))}
         if s["canaries"]:
-            argv += ["--canaries", str(s["canaries"]), "--canary-repeats", str(s["canary_repeats"])]
-        plan.append((n, f"n{n}-non-private", "train_dcgan", argv + ["--out", str(out / "runs" / f"n{n}-non-private")]))
+            base.update({"--canaries": s["canaries"], "--canary-repeats": s["canary_repeats"]})
+        plan.append(Model(f"n{n}-non-private", n, "non-private", "train_dcgan", base, seed))
         if n == min(s["size_list"]):  # the same model with other seeds: the spread of the memorization headline
-            for sd in s["extra_seed_list"]:
-                name = f"n{n}-non-private-seed{sd}"
-                plan.append((n, name, "train_dcgan", argv + ["--seed", str(sd), "--out", str(out / "runs" / name)]))
+            plan += [Model(f"n{n}-non-private-seed{sd}", n, "non-private", "train_dcgan", {**base, "--seed": sd}, sd)
+                     for sd in s["extra_seed_list"]]
         for e in s["epsilon_list"]:
-            name = f"n{n}-dp-eps{e:g}"
-            small = ["--ndf", str(SMALL_NDF)] if n < SMALL_N else []
-            plan.append((n, name, "train_dcgan_dp", argv + small + ["--epsilon", f"{e:g}", "--delta", f"{s['delta']:g}",
-                                                                    "--out", str(out / "runs" / name)]))
+            small = {"--ndf": SMALL_NDF} if n < SMALL_N else {}
+            plan.append(Model(f"n{n}-dp-eps{e:g}", n, "dp", "train_dcgan_dp", {**base, **small, "--epsilon": f"{e:g}",
+                                                                             "--delta": f"{s['delta']:g}"}, seed,
+                              epsilon=e))
         if public is not None and s["warm"]:
-            warm = argv + ["--ndf", str(_dp_default("ndf", s["data"])), "--init-from", str(public)]
+            warm = {**base, "--ndf": _dp_default("ndf", s["data"]), "--init-from": public}
             if s["warm_non_private"]:
-                plan.append((n, f"n{n}-non-private-warm", "train_dcgan",
-                             warm + ["--out", str(out / "runs" / f"n{n}-non-private-warm")]))
-            for e in s["warm_epsilon_list"]:
-                plan.append((n, f"n{n}-dp-eps{e:g}-warm", "train_dcgan_dp",
-                             warm + WARM + ["--epsilon", f"{e:g}", "--delta", f"{s['delta']:g}",
-                                            "--out", str(out / "runs" / f"n{n}-dp-eps{e:g}-warm")]))
+                plan.append(Model(f"n{n}-non-private-warm", n, "non-private", "train_dcgan", warm, seed, warm=True))
+            plan += [Model(f"n{n}-dp-eps{e:g}-warm", n, "dp", "train_dcgan_dp",
+                           {**warm, "--lr": WARM_LR, "--epsilon": f"{e:g}", "--delta": f"{s['delta']:g}"}, seed,
+                           warm=True, epsilon=e) for e in s["warm_epsilon_list"]]
     return plan
 
 
-
-
-def public_pretraining(s: dict, out: Path, ndf: int) -> Stage:
-    """The training stage of a non-private run on public data. CelebA: --public-root minus every file name of
-    --data-root, shared by the studies (it lives beside their folders, so reproduce.py and reproduce.py --levers
-    train it once). Digits, which have no separate public set: the train split minus every coin candidate of the
-    study (--skip-subset 2 x the largest N), with the budget of a study model."""
-    run = out / "public-pretraining" if s["data"] == "digits" else out.parent / f"public-pretraining-ndf{ndf}"
+def public_pretraining(s: dict, layout: Layout, ndf: int) -> Model:
+    """A non-private run on public data. CelebA: --public-root minus every file name of --data-root, shared by the
+    studies (it lives beside their folders, so reproduce.py and reproduce.py --levers train it once). Digits, which
+    have no separate public set: the train split minus every coin candidate of the study (--skip-subset 2 x the
+    largest N), with the budget of a study model."""
     if s["data"] == "digits":
         from data import load_images
 
@@ -277,100 +297,113 @@ def public_pretraining(s: dict, out: Path, ndf: int) -> Stage:
         if n_public < 2:
             raise UserError(f"--train-sizes: the largest N's {skip} coin candidates leave no digits for the public "
                             "pretraining; lower the largest N")
-        argv = common_argv(s) + ["--ndf", str(ndf), "--skip-subset", str(skip),
-                                 "--epochs", str(max(1, round(s["budget"] / n_public)))]
+        flags = {**common_flags(s), "--ndf": ndf, "--skip-subset": skip,
+                 "--epochs": max(1, round(s["budget"] / n_public))}
         cost = 1.0
     else:
         if not s["public_root"]:
             raise UserError("public pretraining needs public data: pass --public-root (e.g. "
                             "../shared/data/celeba-10k-89x109) or set $CELEBA_10K_ROOT")
-        argv = [a if a != str(s["data_root"]) else str(s["public_root"]) for a in common_argv(s)
-                if a != "--random-split"]
-        argv += ["--ngf", "32", "--ndf", str(ndf), "--epochs", "20", "--exclude-from", str(s["data_root"])]
+        flags = {**common_flags(s), "--data-root": s["public_root"], "--random-split": None, "--ngf": 32, "--ndf": ndf,
+                 "--epochs": 20, "--exclude-from": s["data_root"]}
         cost = 1.6  # 20 epochs of the 9.7k public images: 1.6 study budgets
-    return Stage(f"public pretraining (ndf {ndf})", "training", "train_dcgan:train", argv + ["--out", str(run)],
-                 cost=cost)
+    return Model(f"public pretraining (ndf {ndf})", 0, "non-private", "train_dcgan", flags, s["seed"],
+                 folder=layout.public_pretraining(s["data"], ndf), cost=cost)
 
 
 # ----------------------------------------------------------------------------- the study's stages
-def _eval_argv(s: dict) -> list:
-    argv = ["--num-samples", str(s["num_samples"]), "--device", s["device"], "--threads", str(s["threads"]),
-            "--seed", str(s["seed"]), "--cache-dir", s["cache_dir"], "--cache-generated", "--no-progress"]
-    if s["max_real"]:
-        argv += ["--max-real", str(s["max_real"])]
-    if s["inception_weights"]:
-        argv += ["--inception-weights", str(s["inception_weights"])]
-    return argv
+def eval_flags(s: dict) -> dict:
+    flags = {"--num-samples": s["num_samples"], "--device": s["device"], "--threads": s["threads"],
+             "--seed": s["seed"], "--cache-dir": s["cache_dir"], "--cache-generated": True, "--no-progress": True,
+             "--max-real": s["max_real"] or None, "--inception-weights": s["inception_weights"] or None}
+    return flags
 
 
-def eval_stage(label, run: Path, s: dict, deps, train_of: Path | None = None, out_dir: Path | None = None) -> Stage:
-    out_dir = out_dir or run / "eval"
-    argv = ["--gen", str(run), "--out", str(out_dir)] + _eval_argv(s)
-    if train_of is not None:  # score against another run's training set (a pretraining vs the private data)
-        argv += ["--train-of", str(train_of)]
-    return Stage(label, "evaluation", "evaluate_mifid:evaluate", argv, tuple(deps), out_dir, "eval.json",
-                 {"samples": run / "samples.npz"}, cost=0.3)
-
-
-def training_stage(label, script: str, argv: list, deps=()) -> Stage:
-    """A model's training stage (its script's train(), the run folder its --out); a DP step costs about 1.3x a
+def training_stage(m: Model, layout: Layout, deps=()) -> Stage:
+    """A Model's training stage (its script's train(), into its run folder); a DP step costs about 1.3x a
     non-private one, which the scheduler weighs."""
-    return Stage(label, "training", f"{script}:train", argv, tuple(deps),
-                 cost=1.3 if script == "train_dcgan_dp" else 1.0)
+    out = layout.folder(m)
+    return Stage(m.name, "training", SCRIPTS[m.script], argv_of({**m.flags, "--out": out}), out, "results.json",
+                 tuple(deps), m.cost or (1.3 if m.script == "train_dcgan_dp" else 1.0))
 
 
-def run_study_stages(stages: list, s: dict, out: Path, args) -> dict:
-    """Run the stages in s["jobs"] workers with s["threads"] threads each (1 for 'auto'), logs in OUT/logs."""
-    return run_stages(stages, s["jobs"], int(s["threads"]) if str(s["threads"]).isdigit() else 1, out / "logs",
-                      progress=not args.no_progress)
+def eval_stage(label: str, gen: Path, out: Path, s: dict, deps, train_of: Path | None = None) -> Stage:
+    """evaluate_mifid.py on ``gen``'s samples (against ``train_of``'s training set, default its own)."""
+    argv = argv_of({"--gen": gen, "--out": out, **eval_flags(s), "--train-of": train_of})
+    return Stage(label, "evaluation", SCRIPTS["evaluate_mifid"], argv, out, "eval.json", tuple(deps), 0.3)
 
 
-def audit_stage(label, run: Path, s: dict, deps) -> Stage:
-    argv = ["--run", str(run), "--device", s["device"], "--threads", str(s["threads"]), "--out", str(run / "audit"),
-            "--seed", str(s["seed"]), "--cache-dir", s["cache_dir"]]
-    return Stage(label, "audit", "audit:audit", argv, tuple(deps), run / "audit", "audit.json",
-                 {"ckpt": run / "ckpt.pt", "generator": run / "generator.pt", "samples": run / "samples.npz"}, cost=0.2)
-
-
-def reference_stage(n: int, run: Path, s: dict, out: Path, deps) -> Stage:
+def reference_stage(n: int, run: Path, layout: Layout, s: dict, deps) -> Stage:
     """Never-trained real images (the val split minus anything inserted) scored as if they were samples; at most
     as many as the models' samples (a seeded subset), since FID's bias depends on the sample count."""
-    ref_dir = out / "reference" / f"n{n}"
-    argv = ["--reference-of", str(run), "--out", str(ref_dir / "eval")] + _eval_argv(s)
-    return Stage(f"n{n}-reference", "real-data reference", "evaluate_mifid:evaluate", argv, tuple(deps),
-                 ref_dir / "eval", "eval.json", {"config": run / "config.json"}, cost=0.3)
+    out = layout.reference(n)
+    return Stage(f"n{n}-reference", "real-data reference", SCRIPTS["evaluate_mifid"],
+                 argv_of({"--reference-of": run, "--out": out, **eval_flags(s)}), out, "eval.json", tuple(deps), 0.3)
 
 
-def study_stages(s: dict, out: Path, plan: list, public_stage: Stage | None) -> list:
+def audit_stage(label: str, run: Path, out: Path, s: dict, deps, **extra) -> Stage:
+    argv = argv_of({"--run": run, "--device": s["device"], "--threads": s["threads"], "--out": out,
+                    "--seed": s["seed"], "--cache-dir": s["cache_dir"], **extra})
+    return Stage(label, "audit", SCRIPTS["audit"], argv, out, "audit.json", tuple(deps), 0.2)
+
+
+def model_stages(m: Model, layout: Layout, s: dict, first_eval: Stage | None, deps=()) -> list:
+    """A model's training, evaluation (after ``first_eval``, which computes the real images' features they share)
+    and audit."""
+    train = training_stage(m, layout, deps)
+    ev = eval_stage(m.name, layout.run(m.name), layout.eval(m.name), s,
+                    (train,) + ((first_eval,) if first_eval is not None else ()))
+    return [train, ev, audit_stage(m.name, layout.run(m.name), layout.audit(m.name), s, (train,))]
+
+
+def study_stages(s: dict, layout: Layout, plan: list, public: Model | None) -> list:
     """The study as a graph of stages: each model's training, evaluation and audit; per N the real-data reference
-    and the pretraining's evaluation (with the non-private model of that N); the public pretraining first. Each
-    N's evaluations wait for its non-private model's, which computes and caches the real images' features that
-    all of them share."""
-    stages, names = [], {name for _, name, _, _ in plan}
-    public = _value(public_stage.argv, "--out", "") if public_stage is not None else None
-    if public_stage is not None and any("--init-from" in argv or name.endswith("-non-private")
-                                        for _, name, _, argv in plan):
-        stages.append(public_stage)
-    for n, name, script, argv in plan:
-        run = out / "runs" / name
-        first_eval = f"n{n}-non-private evaluation"
-        share = (first_eval,) if f"n{n}-non-private" in names and name != f"n{n}-non-private" else ()
-        warm = (public_stage.name,) if "--init-from" in argv else ()
-        train = training_stage(name, script, argv, warm)
-        stages += [train, eval_stage(name, run, s, (train.name,) + share), audit_stage(name, run, s, (train.name,))]
-        if name == f"n{n}-non-private":
-            stages.append(reference_stage(n, run, s, out, (first_eval,)))
-            if public is not None:  # the baseline of the warm pair, scored against this N's training set
-                stages.append(eval_stage(f"n{n}-public-pretraining", Path(public), s,
-                                         (public_stage.name, first_eval), train_of=run,
-                                         out_dir=out / "reference" / f"n{n}" / "public-pretraining"))
+    and the pretraining's evaluation (with the main non-private model of that N, whose evaluation runs first: it
+    computes and caches the real images' features that the others share); the public pretraining first."""
+    main = {m.size: m for m in plan if m.kind == "non-private" and not m.warm and m.seed == s["seed"]}
+    stages, pub = [], None
+    if public is not None and (main or any(m.warm for m in plan)):
+        pub = training_stage(public, layout)
+        stages.append(pub)
+    first = {}
+    for m in sorted(plan, key=lambda m: m is not main.get(m.size)):  # each N's main non-private model first
+        train, ev, aud = model_stages(m, layout, s, first.get(m.size), (pub,) if m.warm else ())
+        stages += [train, ev, aud]
+        if m is main.get(m.size):
+            first[m.size] = ev
+            stages.append(reference_stage(m.size, layout.run(m.name), layout, s, (ev,)))
+            if pub is not None:  # the baseline of the warm pair, scored against this N's training set
+                stages.append(eval_stage(f"n{m.size}-public-pretraining", layout.folder(public),
+                                         layout.pretraining_eval(m.size), s, (pub, ev), train_of=layout.run(m.name)))
     return stages
 
 
+def run_study_stages(stages: list, s: dict, layout: Layout, args) -> dict:
+    """Run the stages in s["jobs"] workers with s["threads"] threads each (1 for 'auto'), logs in OUT/logs; with
+    --dry-run, print what would run and why, run nothing and return {"dry_run": {stage: [action, why]}}."""
+    if args.dry_run:
+        plan = plan_stages(stages, args.reuse_stale)
+        for stage, (action, why) in plan.items():
+            print(f"  {action:<11} {stage.name}" + (f"  ({why})" if why else ""))
+        runs = sum(not a.startswith("reuse") for a, _ in plan.values())
+        print(f"--dry-run: {runs} of {len(plan)} stages would run; nothing was run")
+        return {"dry_run": {s.name: list(v) for s, v in plan.items()}}
+    return run_stages(stages, s["jobs"], int(s["threads"]) if str(s["threads"]).isdigit() else 1, layout.logs,
+                      progress=not args.no_progress, reuse_stale=args.reuse_stale)
+
+
+def print_settings(title: str, s: dict, keys) -> None:
+    print(title)
+    for k in keys:
+        print(f"  {k:<16} {s[k]}")
+
+
 # ----------------------------------------------------------------------------- main
-def reproduce(args) -> dict:
+def reproduce(args, argv: list) -> dict:
     if args.figures is not None:
-        return report.figures(Path(args.figures))
+        from plots import figures
+
+        return figures(Path(args.figures))
     if args.levers and args.only is not None:
         raise UserError("--only selects models of the study; with --levers use --rows")
     if sum(map(bool, (args.levers, args.frontier, args.identity))) > 1:
@@ -385,123 +418,111 @@ def reproduce(args) -> dict:
         raise UserError("--rows selects rows of the levers study: use it with --levers")
     t0 = time.time()
     s = settings(args)
-    out = Path(args.out or ("outputs/reproduce-quick" if args.quick else "outputs/reproduce"))
-    out.mkdir(parents=True, exist_ok=True)
-    public_stage = None
+    layout = Layout(Path(args.out or ("outputs/reproduce-quick" if args.quick else "outputs/reproduce")))
+    public = None
     if s["warm"] and (s["data"] == "digits" or (s["public_root"] and s["data"] == "celeba")):
-        public_stage = public_pretraining(s, out, _dp_default("ndf", s["data"]))
-    public = Path(_value(public_stage.argv, "--out", "")) if public_stage is not None else None
-    plan = model_plan(s, out, public)
+        public = public_pretraining(s, layout, _dp_default("ndf", s["data"]))
+    plan = model_plan(s, layout.folder(public) if public is not None else None)
     if args.only is not None:
         names = [m.strip() for m in args.only.split(",") if m.strip()]
-        unknown = sorted(set(names) - {name for _, name, _, _ in plan})
+        unknown = sorted(set(names) - {m.name for m in plan})
         if unknown or not names:
             raise UserError(f"--only: no model named {', '.join(unknown) or repr(args.only)} in this study; its models "
-                            f"are {', '.join(name for _, name, _, _ in plan)}")
-        plan = [p for p in plan if p[1] in names]
-    print(f"reproduce ({'quick' if args.quick else 'full'} preset) -> {out}")
-    for k in ("data", "data_root", "train_sizes", "budget", "epsilons", "delta", "warm", "warm_epsilons",
-              "warm_non_private", "num_samples", "max_real", "canaries", "canary_repeats", "seed", "extra_seeds",
-              "jobs", "threads"):
-        print(f"  {k:<15} {s[k]}")
-    stages = study_stages(s, out, plan, public_stage)
-    print(f"  {len(stages)} stages; each stage's output in {out / 'logs'}/")
-    times = run_study_stages(stages, s, out, args)
+                            f"are {', '.join(m.name for m in plan)}")
+        plan = [m for m in plan if m.name in names]
+    print_settings(f"reproduce ({'quick' if args.quick else 'full'} preset) -> {layout.out}", s, (
+        "data", "data_root", "train_sizes", "budget", "epsilons", "delta", "warm", "warm_epsilons", "warm_non_private",
+        "num_samples", "max_real", "canaries", "canary_repeats", "seed", "extra_seeds", "jobs", "threads"))
+    stages = study_stages(s, layout, plan, public)
+    print(f"  {len(stages)} stages; each stage's output in {layout.logs}/")
+    outcome = run_study_stages(stages, s, layout, args)
+    if args.dry_run:
+        return outcome
     if args.only is not None:
-        print(f"--only: the stages of {', '.join(name for _, name, _, _ in plan)} are done; run without --only "
-              "for the report")
-        return {"only": [name for _, name, _, _ in plan]}
-    models = [(n, name, _value(argv, "--seed", 0)) for n, name, _, argv in plan]
-    return report.study_report(s, out, models, public, args, t0, times)
+        print(f"--only: the stages of {', '.join(m.name for m in plan)} are done; run without --only for the report")
+        return {"only": [m.name for m in plan]}
+    return report.study_report(s, layout, plan, public, argv, t0, outcome)
 
 
 # ----------------------------------------------------------------------------- the frontier of defences
-def frontier_plan(s: dict, out: Path) -> tuple:
-    """([(defence, setting, run name, script, argv)], the snapshot interval) at the smallest N: the study's
-    non-private and DP models (same names and arguments, so a finished study's runs are reused), DP at every
-    epsilon, memorization rejection, augmentation and a non-private run that keeps snapshots."""
+def frontier_plan(s: dict) -> tuple:
+    """([Model], the snapshot interval) at the smallest N: the study's non-private and DP models (the same Models,
+    so a finished study's runs are reused), DP at every epsilon, memorization rejection, augmentation and a
+    non-private run that keeps snapshots."""
     n = min(s["size_list"])
-    study = {name: (script, argv[:-2]) for size, name, script, argv in  # argv without its trailing --out
-             model_plan({**s, "extra_seed_list": []}, out) if size == n}
-    base = study[f"n{n}-non-private"][1]
-    entries = [("none", "non-private", f"n{n}-non-private", "train_dcgan", base)]
-    for e in s["epsilon_list"]:
-        entries.append(("DP-SGD", f"ε = {e:g}", f"n{n}-dp-eps{e:g}", *study[f"n{n}-dp-eps{e:g}"]))
+    study = [m for m in model_plan({**s, "extra_seed_list": []}) if m.size == n]
+    base = next(m for m in study if m.kind == "non-private")
+    models = [replace(base, defence="none", setting="non-private")]
+    models += [replace(m, defence="DP-SGD", setting=f"ε = {m.epsilon:g}") for m in study if m.kind == "dp"]
     for q in MR_QUANTILES:
-        entries.append(("memorization rejection", f"τ = q{q:g} of held-out", f"n{n}-mr-q{q:g}", "train_dcgan",
-                        base + ["--mr-quantile", f"{q:g}"]))
+        models.append(replace(base, name=f"n{n}-mr-q{q:g}", flags={**base.flags, "--mr-quantile": f"{q:g}"},
+                              defence="memorization rejection", setting=f"τ = q{q:g} of held-out"))
     for ops in AUGMENTATIONS:
-        entries.append(("augmentation", ops, f"n{n}-augment-{ops.replace(',', '-')}", "train_dcgan",
-                        base + ["--augment", ops]))
-    from train_dcgan import build_parser as train_parser
-
+        models.append(replace(base, name=f"n{n}-augment-{ops.replace(',', '-')}",
+                              flags={**base.flags, "--augment": ops}, defence="augmentation", setting=ops))
+    a = train_dcgan.parse_config(argv_of(base.flags))  # the run's epochs and batch size, defaults included
     planned = n + (s["canaries"] * sum(int(r) for r in str(s["canary_repeats"]).split(",")) if s["canaries"] else 0)
-    a = train_parser().parse_args(base)  # the run's epochs and batch size, defaults included
     every = max(1, a.epochs * math.ceil(planned / a.batch_size) // CHECKPOINTS)
-    entries.append(("early stopping", "snapshots", f"n{n}-non-private-snapshots", "train_dcgan",
-                    base + ["--snapshot-every", str(every)]))
-    return [(d, st, name, script, argv + ["--out", str(out / "runs" / name)])
-            for d, st, name, script, argv in entries], every
+    models.append(replace(base, name=f"n{n}-non-private-snapshots", flags={**base.flags, "--snapshot-every": every},
+                          defence="early stopping", setting="snapshots"))
+    return models, every
 
 
 def frontier(args) -> dict:
     t0 = time.time()
     if args.only is not None or args.rows is not None:
         raise UserError("--only and --rows select models of the study and the levers study, not of --frontier")
-    if args.epsilons is None:
-        args.epsilons = FRONTIER_EPSILONS
-    s = settings(args)
-    out = Path(args.out or ("outputs/reproduce-quick" if args.quick else "outputs/reproduce"))
-    entries, every = frontier_plan(s, out)
+    s = settings(args, epsilons=FRONTIER_EPSILONS)
+    layout = Layout(Path(args.out or ("outputs/reproduce-quick" if args.quick else "outputs/reproduce")))
+    models, every = frontier_plan(s)
     n = min(s["size_list"])
-    print(f"frontier of defences at N = {n} ({'quick' if args.quick else 'full'} preset) -> {out}")
-    for k in ("data", "data_root", "budget", "epsilons", "num_samples", "jobs", "threads"):
-        print(f"  {k:<15} {s[k]}")
+    print_settings(f"frontier of defences at N = {n} ({'quick' if args.quick else 'full'} preset) -> {layout.out}",
+                   s, ("data", "data_root", "budget", "epsilons", "num_samples", "jobs", "threads"))
     print(f"  memorization rejection at quantiles {', '.join(map(str, MR_QUANTILES))}; augmentation "
           f"{' | '.join(AUGMENTATIONS)}; snapshots every {every} D steps")
-    first_eval, stages = f"n{n}-non-private evaluation", []
-    for defence, setting, name, script, argv in entries:
-        run = out / "runs" / name
-        train = training_stage(name, script, argv)
-        share = () if name == f"n{n}-non-private" else (first_eval,)
-        stages += [train, eval_stage(name, run, s, (train.name,) + share), audit_stage(name, run, s, (train.name,))]
-        if name == f"n{n}-non-private":
-            stages.append(reference_stage(n, run, s, out, (first_eval,)))
-        if defence == "early stopping":
-            over = ["--run", str(run), "--over-training", "--fid-samples", str(s["num_samples"]), "--device",
-                    s["device"], "--threads", str(s["threads"]), "--seed", str(s["seed"]), "--cache-dir",
-                    s["cache_dir"], "--out", str(run / "audit-over-training")]
-            over += ["--inception-weights", str(s["inception_weights"])] if s["inception_weights"] else []
-            over += ["--max-real", str(s["max_real"])] if s["max_real"] else []
-            stages.append(Stage(name, "audit over training", "audit:audit", over, (train.name, first_eval),
-                                run / "audit-over-training", "over_training.json", {"ckpt": run / "ckpt.pt"},
-                                cost=0.3 * CHECKPOINTS))
-    print(f"  {len(stages)} stages; each stage's output in {out / 'logs'}/")
-    run_study_stages(stages, s, out, args)
-    return report.frontier_report(s, out, entries, n, t0)
+    first, stages = None, []
+    for m in models:  # the non-private model first: its evaluation computes the real features the others share
+        train, ev, aud = model_stages(m, layout, s, first)
+        stages += [train, ev, aud]
+        if first is None:
+            first = ev
+            stages.append(reference_stage(n, layout.run(m.name), layout, s, (ev,)))
+        if m.defence == "early stopping":
+            over = layout.over_training(m.name)
+            argv = argv_of({"--run": layout.run(m.name), "--over-training": True, "--fid-samples": s["num_samples"],
+                            "--device": s["device"], "--threads": s["threads"], "--seed": s["seed"],
+                            "--cache-dir": s["cache_dir"], "--out": over, "--max-real": s["max_real"] or None,
+                            "--inception-weights": s["inception_weights"] or None})
+            stages.append(Stage(m.name, "audit over training", SCRIPTS["audit"], argv, over, "over_training.json",
+                                (train, first), cost=0.3 * CHECKPOINTS))
+    print(f"  {len(stages)} stages; each stage's output in {layout.logs}/")
+    outcome = run_study_stages(stages, s, layout, args)
+    if args.dry_run:
+        return outcome
+    return report.frontier_report(s, layout, models, n, t0)
 
 
 # ----------------------------------------------------------------------------- the person as the privacy unit
-def identity_plan(s: dict, out: Path) -> tuple:
-    """([(model, script, argv)], the reference run's argv or None) of the identity study: the same people, coins
-    and attack photos for every model."""
-    base = common_argv(s) + ["--split-unit", "identity", "--privacy-unit", "identity", "--train-size",
-                             str(IDENTITY_PEOPLE), "--coin-subset", "--attack-photos", str(IDENTITY_ATTACK_PHOTOS),
-                             "--epochs", str(IDENTITY_EPOCHS), "--subset-seed", str(IDENTITY_SUBSET_SEED)]
-    entries = [("non-private", "train_dcgan", base)]
+def identity_plan(s: dict) -> tuple:
+    """([Model], the reference Model or None) of the identity study: the same people, coins and attack photos for
+    every model."""
+    base = {**common_flags(s), "--split-unit": "identity", "--privacy-unit": "identity",
+            "--train-size": IDENTITY_PEOPLE, "--coin-subset": True, "--attack-photos": IDENTITY_ATTACK_PHOTOS,
+            "--epochs": IDENTITY_EPOCHS, "--subset-seed": IDENTITY_SUBSET_SEED}
+    models = [Model("non-private", IDENTITY_PEOPLE, "non-private", "train_dcgan", base, s["seed"])]
     for e in s["epsilon_list"]:
-        dp = base + ["--epsilon", f"{e:g}", "--delta", f"{s['delta']:g}"]
-        entries.append((f"image-dp-eps{e:g}", "train_dcgan_dp", dp + ["--dp-unit", "image"]))
-        entries.append((f"person-dp-eps{e:g}", "train_dcgan_dp",
-                        dp + ["--max-photos-per-unit", str(IDENTITY_MAX_PHOTOS)]))
+        dp = {**base, "--epsilon": f"{e:g}", "--delta": f"{s['delta']:g}"}
+        models.append(Model(f"image-dp-eps{e:g}", IDENTITY_PEOPLE, "image-dp", "train_dcgan_dp",
+                            {**dp, "--dp-unit": "image"}, s["seed"], epsilon=e))
+        models.append(Model(f"person-dp-eps{e:g}", IDENTITY_PEOPLE, "person-dp", "train_dcgan_dp",
+                            {**dp, "--max-photos-per-unit": IDENTITY_MAX_PHOTOS}, s["seed"], epsilon=e))
     reference = None
     if s["public_root"]:  # the non-private recipe on about as many photos of other people (none of --data-root's)
-        reference = [a if a != str(s["data_root"]) else str(s["public_root"]) for a in common_argv(s)
-                     if a != "--random-split"]
-        reference += ["--exclude-from", str(s["data_root"]), "--train-size", str(IDENTITY_REFERENCE_PHOTOS),
-                      "--epochs", str(IDENTITY_EPOCHS)]
-    return [(name, script, argv + ["--out", str(out / "runs" / name)]) for name, script, argv in entries], \
-        None if reference is None else reference + ["--out", str(out / "runs" / "reference-public")]
+        reference = Model("reference-public", IDENTITY_REFERENCE_PHOTOS, "non-private", "train_dcgan",
+                          {**common_flags(s), "--data-root": s["public_root"], "--random-split": None,
+                           "--exclude-from": s["data_root"], "--train-size": IDENTITY_REFERENCE_PHOTOS,
+                           "--epochs": IDENTITY_EPOCHS}, s["seed"])
+    return models, reference
 
 
 def identity(args) -> dict:
@@ -512,25 +533,25 @@ def identity(args) -> dict:
     if s["data"] != "celeba":
         raise UserError("--identity needs photos with identity labels: CelebA (--data-root; the bundled digits have "
                         "no people)")
-    out = Path(args.out or "outputs/reproduce-identity")
-    entries, reference = identity_plan(s, out)
-    print(f"the person as the privacy unit -> {out}")
+    layout = Layout(Path(args.out or "outputs/reproduce-identity"))
+    models, reference = identity_plan(s)
+    print(f"the person as the privacy unit -> {layout.out}")
     print(f"  {IDENTITY_PEOPLE} people in training (of {2 * IDENTITY_PEOPLE} candidates, one coin each), "
           f"{IDENTITY_ATTACK_PHOTOS} attack photos per candidate, {IDENTITY_EPOCHS} epochs; ε {s['epsilons']} "
           f"per image and per person (at most {IDENTITY_MAX_PHOTOS} photos of a person per step)")
-    stages, ref_deps = [], ()
+    stages, ref = [], None
     if reference is not None:
-        stages.append(training_stage("reference-public", "train_dcgan", reference))
-        ref_deps = (stages[-1].name,)
-    for name, script, argv in entries:
-        run = out / "runs" / name
-        train = training_stage(name, script, argv)
-        aud = audit_stage(name, run, s, (train.name,) + ref_deps)
-        if reference is not None:
-            aud = dataclasses.replace(aud, argv=aud.argv + ["--reference-run", _value(reference, "--out", "")])
-        stages += [train, aud]
-    run_study_stages(stages, s, out, args)
-    return report.identity_report(s, out, entries, reference, t0)
+        ref = training_stage(reference, layout)
+        stages.append(ref)
+    for m in models:
+        train = training_stage(m, layout)
+        extra = {"--reference-run": layout.run(reference.name)} if reference is not None else {}
+        stages += [train, audit_stage(m.name, layout.run(m.name), layout.audit(m.name), s,
+                                      (train,) + ((ref,) if ref is not None else ()), **extra)]
+    outcome = run_study_stages(stages, s, layout, args)
+    if args.dry_run:
+        return outcome
+    return report.identity_report(s, layout, models, reference, t0)
 
 
 # ----------------------------------------------------------------------------- the levers study
@@ -595,40 +616,44 @@ def levers(args) -> dict:
     if s["data"] != "celeba":
         raise UserError("--levers runs on CelebA: pass --data-root (the private set) and --public-root")
     picked = _rows(args.rows)
-    out = Path(args.out or "outputs/reproduce-levers")
-    common = common_argv(s) + ["--ngf", "32"]
+    layout = Layout(Path(args.out or "outputs/reproduce-levers"))
+    common = {**common_flags(s), "--ngf": 32}
     s["max_real"] = None
-    print(f"levers study -> {out}")
-    stages, models, public = [], [], {}  # public: ndf -> its pretraining stage
+    print(f"levers study -> {layout.out}")
+    stages, models, public = [], [], {}  # public: ndf -> (its Model, its training stage)
 
-    def model(label, name, script, argv, deps=()):
-        train = Stage(label, "training", f"{script}:train", argv, tuple(deps))
-        run = Path(_value(argv, "--out", ""))
-        stages.extend([train, eval_stage(label, run, s, (train.name,))])
-        models.append((name, script, argv, run, None))
+    def model(m, deps=()):
+        train = training_stage(m, layout, deps)
+        stages.extend([train, eval_stage(m.name, layout.run(m.name), layout.eval(m.name), s, (train,))])
+        models.append(m)
+        return train
 
-    model("non-private", "non-private, 30 epochs", "train_dcgan",
-          common + ["--epochs", "30", "--out", str(out / "runs" / "non-private")])
+    np_train = model(Model("non-private", 0, "non-private", "train_dcgan", {**common, "--epochs": 30},
+                           extra={"label": "non-private, 30 epochs"}))
     for i in picked:
         name, eps, extra = LEVERS[i]
-        argv = common + ["--epsilon", f"{eps:g}", "--delta", f"{s['delta']:g}"] + [a for a in extra if a != "@public"]
-        ndf, deps = _value(argv, "--ndf", _dp_default("ndf")), ()
+        flags = {**common, "--epsilon": f"{eps:g}", "--delta": f"{s['delta']:g}",
+                 **flags_of([a for a in extra if a != "@public"])}
+        deps = ()
         if "@public" in extra:
+            ndf = int(flags.get("--ndf", _dp_default("ndf")))
             if ndf not in public:
-                public[ndf] = public_pretraining(s, out, ndf)
-                stages.append(public[ndf])
-            argv += ["--init-from", _value(public[ndf].argv, "--out", "")]
-            deps = (public[ndf].name,)
-        label = f"{i:02d}-eps{eps:g}"  # the run folder's name
-        model(label, name, "train_dcgan_dp", argv + ["--out", str(out / "runs" / label)], deps)
-    for ndf, st in public.items():  # the pretrained models themselves, scored against the private training set
-        run = Path(_value(st.argv, "--out", ""))
+                pm = public_pretraining(s, layout, ndf)
+                public[ndf] = (pm, training_stage(pm, layout))
+                stages.append(public[ndf][1])
+            flags["--init-from"] = layout.folder(public[ndf][0])
+            deps = (public[ndf][1],)
+        model(Model(f"{i:02d}-eps{eps:g}", 0, "dp", "train_dcgan_dp", flags, epsilon=eps,  # the run folder's name
+                    extra={"label": name}), deps)
+    for ndf, (pm, st) in public.items():  # the pretrained models themselves, scored against the private training set
         label = f"public pretraining only, ndf {ndf} (no private data)"
-        stages.append(eval_stage(label, run, s, (st.name, "non-private training"),
-                                 train_of=out / "runs" / "non-private"))
-        models.append((label, None, None, run, out / "runs" / "non-private"))
-    run_study_stages(stages, s, out, args)
-    return report.levers_report(s, out, models, t0)
+        stages.append(eval_stage(label, layout.folder(pm), layout.folder(pm) / "eval", s, (st, np_train),
+                                 train_of=layout.run("non-private")))
+        models.append(replace(pm, script="", extra={"label": label}))
+    outcome = run_study_stages(stages, s, layout, args)
+    if args.dry_run:
+        return outcome
+    return report.levers_report(s, layout, models, t0)
 
 
 def _rows(text) -> list:
@@ -644,25 +669,13 @@ def _rows(text) -> list:
     return rows
 
 
-def _value(argv, flag, default):
-    """The last value given for ``flag`` in argv (as the parser would take it), else ``default``."""
-    idx = [i for i, a in enumerate(argv) if a == flag]
-    return type(default)(argv[idx[-1] + 1]) if idx else default
-
-
 def _dp_default(key, data="celeba"):  # train_dcgan_dp.py's recipe for that data
-    from train_dcgan_dp import dp_defaults
-
-    return dp_defaults(data)[key]
-
-
+    return train_dcgan_dp.dp_defaults(data)[key]
 
 
 def main(argv=None):
-    def run(argv):
-        args = build_parser().parse_args(argv)
-        args.argv = list(sys.argv[1:] if argv is None else argv)
-        return reproduce(args)
+    def run(a):
+        return reproduce(build_parser().parse_args(a), list(sys.argv[1:] if a is None else a))
 
     return run_cli(run, argv, interrupted="interrupted: finished stages and the last checkpoints are kept; run the "
                                           "same command again to continue")

@@ -27,6 +27,7 @@ Run artefacts in --out:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -40,26 +41,10 @@ from tqdm.auto import tqdm
 import data as data_mod
 from gan import generate
 from training_set import TrainingData
-from utils import (Threads, UserError, all_gather, atomic_torch_save, init_distributed, keep_freed_memory, plt,
-                   read_json, resolved, safe_load, sha256_file, state_hash, write_json)
+from config import BEFORE, NEUTRAL, RESUMABLE, normal, recorded
+from utils import (Threads, UserError, all_gather, atomic_torch_save, atomic_write_text, folder_lock, init_distributed,
+                   keep_freed_memory, plt, read_json, resolved, safe_load, sha256_file, state_hash, write_json)
 
-# Arguments that must not change when a run is resumed (everything that shapes the trajectory).
-RESUME_LOCKED = ("data", "data_root", "image_size", "channels", "nz", "ngf", "ndf", "batch_size", "lr",
-                 "beta1", "seed", "split_seed", "random_split", "dedup_threshold", "exclude_from", "canaries",
-                 "canary_repeats", "canary_split", "canary_seed", "train_size", "coin_subset", "audit_canaries",
-                 "subset_seed", "d_steps", "g_steps", "g_batch_size", "freeze_d", "adaptive_d_steps", "adaptive_grace",
-                 "ema_decay", "ema_warmup", "init_from", "mode_seeking", "augment", "g_lr_scale", "skip_subset",
-                 "identity_file", "split_unit", "memorization_rejection", "mr_quantile", "privacy_unit",
-                 "attack_photos")
-# The value a locked argument had before it existed: checkpoints written earlier resume only if it still holds.
-LOCKED_BEFORE = {"dedup_threshold": None, "exclude_from": None, "train_size": None, "coin_subset": False,
-                 "audit_canaries": 0, "subset_seed": 0, "d_steps": 1, "g_steps": 1, "g_batch_size": None, "freeze_d": 0,
-                 "adaptive_d_steps": None,
-                 "adaptive_grace": 50, "ema_decay": 0.0, "ema_warmup": 10.0, "init_from": None, "mode_seeking": 0.0,
-                 "augment": "", "clipping": "flat", "g_lr_scale": 1.0, "skip_subset": 0, "identity_file": None,
-                 "split_unit": "image", "memorization_rejection": None, "mr_quantile": None,
-                 "privacy_unit": "image", "attack_photos": 0, "max_photos_per_unit": None, "dp_unit": None}
-PATH_ARGS = ("data_root", "exclude_from", "init_from", "identity_file")  # compared as the files they name
 # Epoch-end checkpoints at least this many D steps apart: at small N an epoch is a couple of steps, and saving G, D,
 # the EMA and both optimizers after each of them was a large share of the run. An interrupted run loses less.
 CKPT_MIN_STEPS = 50
@@ -70,20 +55,6 @@ GRIDS = 25  # sample grids per run, at most (and the last epoch's)
 def default_out(args, private: bool) -> Path:
     name = args.data.replace("folder:", "folder-").replace("/", "_").strip("_")
     return Path("outputs") / f"dcgan{'-dp' if private else ''}-{name}-{args.image_size}px-{args.channels}ch"
-
-
-def resolved_paths(args: dict) -> dict:
-    """args with PATH_ARGS resolved: a relative and an absolute spelling of one folder compare equal (a relative
-    path that a run recorded is taken from the current directory, where reproduce.py and resume run)."""
-    return {k: resolved(v) if k in PATH_ARGS and v else v for k, v in args.items()}
-
-
-def as_recorded(recorded: dict, keys) -> dict:
-    """A run's recorded args as check_args would leave them today: flags among ``keys`` that are newer than the
-    run take the behaviour it had (LOCKED_BEFORE), and a non-CelebA run's data root is None."""
-    out = {**{k: v for k, v in LOCKED_BEFORE.items() if k in keys}, **recorded}
-    out["data_root"] = out.get("data_root") if out.get("data") == "celeba" else None
-    return out
 
 
 def _same_path(a, b) -> bool:
@@ -100,9 +71,9 @@ def run_training_data(run, data_root=None, cache_dir=None) -> TrainingData:
     run = Path(run)
     if not (run / "config.json").is_file():
         raise UserError(f"{run} is not a run folder (no config.json); pass the --out folder of a training run")
-    a = argparse.Namespace(**{**LOCKED_BEFORE, **read_json(run / "config.json")["args"]})
-    a.data_root = data_root or a.data_root
-    a.cache_dir = cache_dir if cache_dir is not None else a.cache_dir
+    a = argparse.Namespace(**recorded(read_json(run / "config.json")["args"]))
+    a = argparse.Namespace(**{**vars(a), "data_root": data_root or a.data_root,
+                              "cache_dir": cache_dir if cache_dir is not None else a.cache_dir})
     td = TrainingData(a, progress=False)
     for name, built in (("canaries.json", td.canaries), ("coins.json", td.coins)):
         saved = read_json(run / name) if (run / name).is_file() else None
@@ -144,7 +115,7 @@ def warm_start(G, D, args, model_cfg: dict, private: bool) -> dict:
     # this run has no audit canaries (this run's --canaries are held-out images the source never drew)
     draw = (args.train_size or 0) * (2 if args.coin_subset else 1)
     by_subset = (same and args.train_size is not None and 0 < draw <= (a.get("skip_subset") or 0)
-                 and all(a.get(k, LOCKED_BEFORE.get(k)) == getattr(args, k)
+                 and all(a.get(k, BEFORE.get(k)) == getattr(args, k)
                          for k in ("split_seed", "subset_seed", "random_split", "dedup_threshold"))
                  and not (a.get("canaries") or a.get("audit_canaries") or args.audit_canaries))
     if same and not by_subset and private:
@@ -169,11 +140,28 @@ def _disjointness(warm: dict) -> str:
 
 # ----------------------------------------------------------------------------- the run
 class Run:
-    """The run folder, the checkpoint it resumes (or None), its processes, device and threads. Refuses to
-    overwrite a run, or to resume one with settings that shape the trajectory changed."""
+    """The run folder, the checkpoint it resumes (or None), its processes, device and threads. A context manager:
+    the folder is locked while the run is open (a second process gets a one-line error). Refuses to overwrite a
+    run, or to resume one with a setting changed that is not config.RESUMABLE (or result-neutral)."""
 
     def __init__(self, args, privacy):
         self.out = Path(args.out) if args.out else default_out(args, privacy.private)
+        # one process per run folder (under torchrun: rank 0 holds the lock for all ranks)
+        self._lock = folder_lock(self.out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
+        self._lock.__enter__()
+        try:
+            self._open(args, privacy)
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._lock.__exit__(*exc)
+
+    def _open(self, args, privacy):
         ckpt_path = self.out / "ckpt.pt"
         if ckpt_path.exists() and not args.resume:
             raise UserError(f"{self.out} already holds a run (ckpt.pt); pass --resume to continue it or choose "
@@ -181,12 +169,12 @@ class Run:
         if args.resume and not ckpt_path.exists():
             raise UserError(f"--resume: no checkpoint at {ckpt_path}")
         self.ckpt = safe_load(ckpt_path) if args.resume else None
-        if self.ckpt is not None:
-            locked = RESUME_LOCKED + privacy.locked_args
-            was = as_recorded(self.ckpt["args"], locked)
-            was = resolved_paths({k: was.get(k) for k in locked})
-            now = resolved_paths({k: getattr(args, k, None) for k in locked})
-            changed = [f"--{k.replace('_', '-')} {was[k]!r} -> {now[k]!r}" for k in was if was[k] != now[k]]
+        if self.ckpt is not None:  # every field but the resumable and result-neutral ones is locked
+            was, now = self.ckpt["args"], vars(args)
+            changed = [f"--{k.replace('_', '-')} {normal(k, was.get(k, BEFORE.get(k)))!r} -> "
+                       f"{normal(k, now.get(k, BEFORE.get(k)))!r}" for k in sorted(set(was) | set(now))
+                       if k not in NEUTRAL | RESUMABLE
+                       and normal(k, was.get(k, BEFORE.get(k))) != normal(k, now.get(k, BEFORE.get(k)))]
             if changed:
                 raise UserError(f"cannot resume {self.out} with different settings: {'; '.join(changed)}")
         self.rank, self.world, self.device = init_distributed(args.device)  # torchrun: one process per CPU group/GPU
@@ -197,6 +185,15 @@ class Run:
             raise UserError(f"{self.out} was trained with {self.ckpt.get('world_size', 1)} process(es); resume it "
                             "with as many")
         self.progress = not args.no_progress and self.main
+
+    def finished(self, total_steps: int) -> bool:
+        """Is this a --resume of a finished run (results.json written, nothing left of the plan)? Then it says so;
+        its config and artefacts are left as they are."""
+        if self.ckpt is None or self.ckpt["step"] < total_steps or not (self.out / "results.json").is_file():
+            return False
+        self.print(f"done: {self.out} finished at D step {self.ckpt['step']}; nothing left to train, its config and "
+                   "artefacts are unchanged")
+        return True
 
     def print(self, *a):
         if self.main:
@@ -282,7 +279,7 @@ class Checkpointer:
         rng = all_gather(_rng_state(self.run.device))  # every rank's RNG (collective: all ranks call save)
         if self.run.main:
             atomic_torch_save({**state.state_dict(), "epoch": epoch, "step_in_epoch": step_in_epoch, "rng": rng[0],
-                               "rng_ranks": rng, "world_size": self.run.world, "args": vars(self.args),
+                               "rng_ranks": rng, "world_size": self.run.world, "args": self.args.as_dict(),
                                "config": self.model_cfg, "privacy": self.privacy.state_dict(),
                                "wall_s": self.wall_s()}, self.path)
         self.last_step = state.step
@@ -311,8 +308,8 @@ class RunLog:
         self.path = run.out / "log.jsonl"
         if run.main and run.ckpt is not None and self.path.exists():  # drop records written after the checkpoint
             keep = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= step]
-            self.path.write_text("".join(line + "\n" for line in keep))
+                    if line.strip() and _record(line).get("step", math.inf) <= step]  # a cut last line: dropped
+            atomic_write_text(self.path, "".join(line + "\n" for line in keep))
         elif run.main and run.ckpt is None and self.path.exists():
             self.path.unlink()
         self.grid_every = math.ceil(args.epochs / GRIDS)  # small N: many short epochs, and a grid costs a G pass
@@ -361,8 +358,16 @@ class RunLog:
         self.file.close()
 
 
+def _record(line: str) -> dict:
+    """A log.jsonl record; {} for a line cut short by a killed process."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return {}
+
+
 def plot_losses(log_path: Path, png: Path) -> None:
-    recs = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    recs = [_record(line) for line in log_path.read_text().splitlines() if line.strip()]
     recs = [r for r in recs if r.get("kind") == "step"]
     if not recs:
         return
@@ -415,7 +420,7 @@ def finish(run: Run, args, state, privacy, td, model_cfg: dict, log: RunLog, wal
                "world_size": run.world, "threads": run.threads.describe()}
     results.update(privacy.results())
     if state.reject is not None and run.main:  # over the whole run, resumed invocations included (the log)
-        rates = [json.loads(line).get("mr_rejected") for line in log.path.read_text().splitlines() if line.strip()]
+        rates = [_record(line).get("mr_rejected") for line in log.path.read_text().splitlines() if line.strip()]
         rates = [r for r in rates if r is not None]
         results["memorization_rejection"] = {"tau": state.reject.tau,
                                              "rejected_mean": sum(rates) / len(rates) if rates else None}
@@ -425,20 +430,21 @@ def finish(run: Run, args, state, privacy, td, model_cfg: dict, log: RunLog, wal
         if not results["ranks_identical"]:
             warnings.warn(f"ranks ended with different weights ({hashes}); the run is inconsistent", stacklevel=2)
     if run.main:
-        if not real_seen and (run.out / "results.json").is_file():  # --resume of a finished run: leave it alone
-            print(f"done: nothing left to train (D step {state.step}); artefacts in {run.out}")
-            results = read_json(run.out / "results.json")
-        else:
-            released = state.released
-            atomic_torch_save({"G": released.state_dict(), "config": model_cfg, "args": vars(args),
-                               "ema": bool(args.ema_decay)}, run.out / "generator.pt")
-            if args.num_samples:
-                data_mod.save_npz(run.out / "samples.npz", generate(released.eval(), args.num_samples, args.nz,
-                                                                    run.device, seed=args.seed + 1))
-            plot_losses(log.path, run.out / "loss_curve.png")
-            write_json(run.out / "results.json", results)
-            print(f"done: {state.step} D steps, {state.g_steps} G steps in {elapsed:.1f}s ({results['images_per_s']} "
-                  f"real images/s); artefacts in {run.out}")
+        released = state.released
+        atomic_torch_save({"G": released.state_dict(), "config": model_cfg, "args": args.as_dict(),
+                           "ema": bool(args.ema_decay)}, run.out / "generator.pt")
+        if args.num_samples:
+            data_mod.save_npz(run.out / "samples.npz", generate(released.eval(), args.num_samples, args.nz,
+                                                                run.device, seed=args.seed + 1))
+        elif (run.out / "samples.npz").is_file():  # a resumed run asked for none: no samples of another model
+            (run.out / "samples.npz").unlink()
+        plot_losses(log.path, run.out / "loss_curve.png")
+        # what the run released, by content: results.json (written last) identifies the finished run
+        results["artefacts_sha256"] = {f: sha256_file(run.out / f) for f in ("ckpt.pt", "generator.pt", "samples.npz")
+                                       if (run.out / f).is_file()}
+        write_json(run.out / "results.json", results)
+        print(f"done: {state.step} D steps, {state.g_steps} G steps in {elapsed:.1f}s ({results['images_per_s']} "
+              f"real images/s); artefacts in {run.out}")
     if run.world > 1:  # every rank stays in the group until rank 0's artefacts are written, then all leave it
         import torch.distributed as dist
 

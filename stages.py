@@ -1,54 +1,85 @@
-"""The stages of a study and the scheduler that runs them, one after another or in N worker processes.
+"""The stages of a study: what each one computes, when it is reused, and the scheduler that runs them.
 
-A stage is one call of a toolkit script's function (train, evaluate, audit, ...) with a command line. It is
-reused when its result is on disk for the same settings: a training run whose config.json records the same
-arguments (and results.json exists), or a stage whose stamp.json records the same argv and input files. Stages
-form a graph (the public pretraining before the warm-started runs, a training run before its evaluation and
-audit, the real-data features before the evaluations that read them); :func:`run_stages` runs every stage once
-its dependencies are done, longest remaining chain first, in ``jobs`` worker processes (concurrent.futures, spawn)
-with ``--threads`` CPU threads each, so a parallel study computes what a sequential one with the same --threads
-does. A stage's own output goes to OUT/logs/<stage>.log; the terminal shows which stages run and finish.
-Ctrl-C stops the workers; every finished stage stays reused and an interrupted training run resumes from its
-checkpoint when the command is run again.
+A stage is one call of a toolkit script (a training run, an evaluation, an audit) with a command line; it writes
+into one folder (a training: its run folder). Before a stage runs, its key is computed (Stage.key):
+
+  args    the script's parsed arguments (a training's frozen Config, the DP recipe's defaults included) minus the
+          result-neutral ones (config.NEUTRAL: device, threads, cache, bars, --out), paths resolved;
+  inputs  the content of what it reads: a run folder it names (--init-from, --gen, --train-of, --reference-of,
+          --run, --reference-run) by the sha256 of that run's results.json (written last; it holds the sha256 of
+          the run's checkpoint, generator and samples), a file (--inception-weights, --checkpoint, --identity-file)
+          by its sha256, a data source (--data and --data-root, --exclude-from, --real) by data.fingerprint: file
+          names and sizes, partition and identity files;
+  code    the sha256 of the source of every project module the script imports, directly or not (read from its
+          import statements): a docs-only change reruns nothing, a change to metrics.py reruns the evaluations
+          and audits (which import it), not the trainings (which do not).
+
+decide() compares the key with the one recorded in the stage's folder (a training's RUN/stage.json, written before
+it starts; any other stage's stamp.json, written after it finished) and says what happens and why: reuse (the
+result is there and the keys are equal), resume (an interrupted training with the same key), or run. A training
+folder holding a run with another key is moved aside (into .stale/ beside it) and trained anew: a run is never
+resumed under new settings. --reuse-stale keeps a finished stage whose only difference is the code, and says so.
+
+run_stages runs every stage once its dependencies are done, longest remaining chain first, in ``jobs`` worker
+processes (concurrent.futures, spawn) with ``threads`` CPU threads each, so a parallel study computes what a
+sequential one does. Each stage holds the lock of its folder while it runs (utils.folder_lock): another process on
+the same folder, e.g. a second --only machine, waits for it and then reuses its result. A stage's output goes to
+LOGS/<stage>.log; the terminal says which stages run and why. After Ctrl-C or a kill, finished stages are reused
+and an interrupted training resumes from its checkpoint when the command is run again.
 """
 from __future__ import annotations
 
+import ast
 import concurrent.futures as cf
 import contextlib
-import importlib
+import functools
+import json
 import multiprocessing as mp
 import re
+import shutil
 import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from tqdm.auto import tqdm
 
-from utils import UserError, keep_freed_memory, read_json, resolved, write_json
+from config import identity
+from utils import UserError, folder_lock, keep_freed_memory, read_json, sha256_file, write_json
 
-_VOLATILE = {"out", "resume", "no_progress", "device", "cache_dir", "threads"}  # do not change what a run computes
-_PATH_FLAGS = ("--gen", "--run", "--out", "--train-of", "--reference-of", "--inception-weights")  # flags naming files
-_STABLE_SKIP = ("--device", "--cache-dir", "--threads")  # flags (with a value) that do not change a stage's result
+PROJECT = Path(__file__).resolve().parent
+RUN_INPUTS = ("init_from", "gen", "train_of", "reference_of", "run", "reference_run", "checkpoint")
+FILE_INPUTS = ("inception_weights", "identity_file")
 
 
-@dataclass
+@dataclass(frozen=True)
+class Script:
+    """How a stage's command line is read and run: ``parse(argv)`` gives its arguments (a training's Config),
+    ``run(args)`` computes; ``training``: it trains a run in its folder (resumable from a checkpoint)."""
+
+    module: str
+    parse: Callable
+    run: Callable
+    training: bool = False
+
+
+@dataclass(eq=False)
 class Stage:
-    """One unit of work: ``fn`` ("module:function") called with the module's parsed ``argv`` (a training stage:
-    the script's train(), its run folder --out). ``label`` names the model or set it belongs to and ``what`` the
-    work ("training", "evaluation", ...). ``out_dir``/``result``: where the stamp and the result live; ``inputs``:
-    files whose modification times go into the stamp; ``cost``: relative run time, for scheduling."""
+    """One unit of work: ``script`` run on ``argv``, writing into ``out`` (a training: the run folder, its --out),
+    done when ``out / result`` exists. ``label``: the model or image set it belongs to; ``what``: the work
+    ("training", "evaluation", ...); ``deps``: the Stages it waits for; ``cost``: relative run time, for
+    scheduling."""
 
     label: str
     what: str
-    fn: str
+    script: Script
     argv: list
+    out: Path
+    result: str
     deps: tuple = ()
-    out_dir: Path | None = None
-    result: str | None = None
-    inputs: dict = field(default_factory=dict)
     cost: float = 1.0
 
     @property
@@ -56,121 +87,187 @@ class Stage:
         return f"{self.label} {self.what}"
 
     @property
-    def is_training(self) -> bool:
-        return self.fn.endswith(":train")
+    def stamp_path(self) -> Path:
+        return self.out / ("stage.json" if self.script.training else "stamp.json")
 
-    def stamp(self) -> dict:
-        return {"argv": _stable(self.argv), **{k: _mtime(Path(p)) for k, p in self.inputs.items()}}
+    def args(self):
+        return self.script.parse(list(self.argv))
 
-    def result_path(self) -> Path:
-        return (_arg(self.argv, "--out") / "results.json") if self.is_training else self.out_dir / self.result
+    def key(self) -> dict:
+        """What this stage computes from (module docstring), as JSON would store it."""
+        args = self.args()
+        key = {"args": identity(args), "inputs": inputs_of(vars(args)), "code": code_of(self.script.module)}
+        return json.loads(json.dumps(key, default=str))
 
-    def reusable(self) -> bool:
-        """Is this stage's result on disk for the same settings (and input files)?"""
-        if self.is_training:
-            return _trained_run_matches(self)
-        return _stamp_ok(self.out_dir / "stamp.json", self.stamp()) and (self.out_dir / self.result).is_file()
+    def decide(self, key: dict, reuse_stale: bool = False) -> tuple[str, str]:
+        """(action, why): "reuse", "reuse-stale", "resume" or "run"."""
+        done = (self.out / self.result).is_file()
+        try:
+            stored = read_json(self.stamp_path)
+        except (OSError, ValueError):
+            stored = None
+        if stored is None:
+            return "run", ("new" if not _holds_anything(self.out) else
+                           "no key recorded (made by an older toolkit or by hand)")
+        why = differences(stored, key)
+        if not why:
+            if done:
+                return "reuse", ""
+            if self.script.training and (self.out / "ckpt.pt").is_file():
+                return "resume", "interrupted: resumes from its checkpoint"
+            return "run", "interrupted"
+        if done and reuse_stale and all(w.startswith("code") for w in why):
+            return "reuse-stale", "; ".join(why)
+        return "run", "; ".join(why)
 
 
-def _arg(argv, flag) -> Path:
-    return Path(argv[len(argv) - 1 - argv[::-1].index(flag) + 1])
-
-
-def _stable(argv):
-    """argv without the flags that do not change results (device, threads, cache, bars), for stage stamps."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--no-progress":
-            pass
-        elif a in _STABLE_SKIP:
-            skip = True
-        else:
-            out.append(a)
+def differences(stored: dict, key: dict) -> list:
+    """What differs between two keys, by component: the settings, the inputs and the modules that changed."""
+    out = []
+    for part, what in (("args", "settings changed"), ("inputs", "input changed"), ("code", "code changed")):
+        a, b = stored.get(part) or {}, key.get(part) or {}
+        changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        if changed:
+            out.append(f"{what}: {', '.join(changed)}")
     return out
 
 
-def _mtime(p: Path):
-    return p.stat().st_mtime_ns if p.exists() else None
+# ----------------------------------------------------------------------------- what a stage reads
+@functools.lru_cache(maxsize=None)
+def _imports(module: str) -> frozenset:
+    """The project modules that ``module``'s source imports anywhere (also inside functions)."""
+    tree = ast.parse((PROJECT / f"{module}.py").read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return frozenset(n for n in names if (PROJECT / f"{n}.py").is_file())
 
 
-def _stamp_ok(path: Path, stamp: dict) -> bool:
-    """A stage's stamp matches: the same argv (its paths compared resolved, however they were spelled) and inputs."""
-
-    def canonical(st):
-        argv = list(st.get("argv", []))
-        for i in range(len(argv) - 1):
-            if argv[i] in _PATH_FLAGS:
-                argv[i + 1] = resolved(argv[i + 1])
-        return {**st, "argv": argv}
-    return path.is_file() and canonical(read_json(path)) == canonical(stamp)
+@functools.lru_cache(maxsize=None)
+def _source_sha(module: str) -> str:
+    return sha256_file(PROJECT / f"{module}.py")
 
 
-def _training_args(stage: Stage):
-    mod = importlib.import_module(stage.fn.split(":")[0])
-    parse = mod.parse_args if hasattr(mod, "parse_args") else mod.build_parser().parse_args
-    args = parse(list(stage.argv))
-    from train_dcgan import check_args
+def code_of(module: str) -> dict:
+    """{file: sha256} of ``module`` and every project module it imports, directly or not."""
+    seen, todo = set(), [module]
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo.extend(_imports(m))
+    return {f"{m}.py": _source_sha(m) for m in sorted(seen)}
 
-    check_args(args)  # normalises as train() does, so the comparison below sees what the run recorded
-    return args
+
+@functools.lru_cache(maxsize=256)
+def _file_sha(path: str, size: int, mtime_ns: int) -> str:  # memoised while the file is unchanged
+    return sha256_file(path)
 
 
-def _trained_run_matches(stage: Stage) -> bool:
-    from runs import as_recorded, resolved_paths
+def content_of(path) -> str | None:
+    """A run folder by its results.json (it must have finished), a file by its sha256, another folder by its
+    images' names and sizes; None if nothing is there (the script itself then says what is missing)."""
+    import data
 
-    run = _arg(stage.argv, "--out")
-    if not ((run / "results.json").is_file() and (run / "config.json").is_file()):
-        return False
-    want = {k: v for k, v in vars(_training_args(stage)).items() if k not in _VOLATILE}
-    have = as_recorded({k: v for k, v in read_json(run / "config.json")["args"].items() if k not in _VOLATILE}, want)
-    return resolved_paths(have) == resolved_paths(want)
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if (p / "results.json").is_file():
+            return "run " + sha256_file(p / "results.json")
+        if (p / "config.json").is_file():
+            raise UserError(f"{p} is a training run that has not finished (no results.json); finish it first")
+        return "folder " + data.fingerprint(f"folder:{p}")
+    if p.is_file():
+        st = p.stat()
+        return "file " + _file_sha(str(p.resolve()), st.st_size, st.st_mtime_ns)
+    return None
+
+
+def _source(kind: str, root) -> str:
+    import data
+
+    if kind == "any":  # --exclude-from: a CelebA root or an image folder
+        kind = "celeba" if any((Path(root) / b / "img_align_celeba").is_dir() for b in (".", "celeba")) \
+            else f"folder:{root}"
+    return data.fingerprint(kind, root)
+
+
+def inputs_of(args: dict) -> dict:
+    """The content of everything a stage's arguments name (module docstring)."""
+    out = {k: content_of(args[k]) for k in RUN_INPUTS + FILE_INPUTS if args.get(k)}
+    if args.get("data") and (args["data"] != "celeba" or args.get("data_root")):
+        out["data"] = _source(args["data"], args.get("data_root"))
+    if args.get("real") and not str(args["real"]).endswith(".npz"):
+        out["real"] = _source(args["real"], args.get("data_root"))
+    if args.get("exclude_from"):
+        out["exclude_from"] = _source("any", args["exclude_from"])
+    return out
 
 
 # ----------------------------------------------------------------------------- running one stage
-def execute(stage: Stage, log_dir: Path | None) -> float:
-    """Run one stage (in this process), its output appended to its log file; returns its wall time in seconds. A
-    stage's error is raised as a one-line UserError naming the stage and its log (the traceback is in the log)."""
-    t0 = time.time()
-    path = log_dir / (re.sub(r"[^A-Za-z0-9._-]+", "-", stage.name).strip("-") + ".log") if log_dir else None
-    try:
-        _execute(stage, path)
-    except KeyboardInterrupt:
-        raise
-    except (UserError, SystemExit) as e:
-        raise UserError(f"{stage.name}: {e if isinstance(e, UserError) else 'bad arguments'} (log: {path})") from None
-    except Exception as e:
-        if path is not None:
-            with open(path, "a") as f:
-                traceback.print_exc(file=f)
-        raise UserError(f"{stage.name} failed: {type(e).__name__}: {e} (traceback in {path})") from None
-    return time.time() - t0
+def _holds_anything(folder: Path) -> bool:
+    return folder.is_dir() and any(p.name != ".lock" for p in folder.iterdir())
 
 
-def _execute(stage: Stage, path: Path | None) -> None:
-    log = open(path, "a") if path else None
+def _move_aside(folder: Path) -> Path:
+    """Move what ``folder`` holds (all but its lock, which this process holds) into .stale/ beside it."""
+    dest = folder.parent / ".stale" / f"{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in folder.iterdir():
+        if p.name != ".lock":
+            shutil.move(str(p), str(dest / p.name))
+    return dest
+
+
+def log_path(stage: Stage, log_dir: Path | None) -> Path | None:
+    return log_dir / (re.sub(r"[^A-Za-z0-9._-]+", "-", stage.name).strip("-") + ".log") if log_dir else None
+
+
+def execute(stage: Stage, key: dict, log_dir: Path | None, reuse_stale: bool = False) -> float | None:
+    """Run one stage in this process, holding its folder's lock (waiting for another process that holds it), its
+    output appended to its log file. Returns its wall time in seconds, or None when, once the lock was ours, its
+    result was there (another process made it). A stage's error is a one-line UserError naming the stage and its
+    log (the traceback is in the log)."""
+    path = log_path(stage, log_dir)
+    with folder_lock(stage.out, wait=True, on_wait=lambda: print(
+            f"{time.strftime('%H:%M:%S')} [{stage.label}] {stage.what}: waiting for another process on {stage.out}",
+            flush=True)):
+        action, _ = stage.decide(key, reuse_stale)
+        if action.startswith("reuse"):
+            return None
+        t0 = time.time()
+        try:
+            _execute(stage, key, action, path)
+        except KeyboardInterrupt:
+            raise
+        except UserError as e:
+            raise UserError(f"{stage.name}: {e} (log: {path})") from None
+        except BaseException as e:  # an unexpected error (or exit) of the stage's code
+            if path is not None:
+                with open(path, "a") as f:
+                    traceback.print_exc(file=f)
+            raise UserError(f"{stage.name} failed: {type(e).__name__}: {e} (traceback in {path})") from None
+        return time.time() - t0
+
+
+def _execute(stage: Stage, key: dict, action: str, path: Path | None) -> None:
     with contextlib.ExitStack() as stack:
-        if log is not None:
-            stack.enter_context(log)
+        if path is not None:
+            log = stack.enter_context(open(path, "a"))
             stack.enter_context(contextlib.redirect_stdout(log))
             stack.enter_context(contextlib.redirect_stderr(log))
-        module, fn = stage.fn.split(":")
-        mod = importlib.import_module(module)
-        if stage.is_training:
-            args = _training_args(stage)
-            args.resume = (Path(args.out) / "ckpt.pt").is_file()  # an interrupted run continues
-            privacy = None
-            if module == "train_dcgan_dp":
-                from privacy import DPSGD
-
-                privacy = DPSGD(args)
-            from train_dcgan import train
-
-            train(args, privacy)
+        args = stage.args()
+        if stage.script.training:
+            if action == "run" and _holds_anything(stage.out):
+                print(f"moved the old contents of {stage.out} to {_move_aside(stage.out)}")
+            write_json(stage.stamp_path, {**key, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+            stage.script.run(args.replace(resume=(stage.out / "ckpt.pt").is_file()))
         else:
-            getattr(mod, fn)(mod.build_parser().parse_args(list(stage.argv)))
-            write_json(stage.out_dir / "stamp.json", stage.stamp())
+            stage.stamp_path.unlink(missing_ok=True)
+            stage.script.run(args)
+            write_json(stage.stamp_path, key)
 
 
 def _worker_init(threads: int) -> None:
@@ -185,33 +282,62 @@ def _worker_init(threads: int) -> None:
 
 
 # ----------------------------------------------------------------------------- the scheduler
-def _priorities(stages: dict) -> dict:
+def _priorities(stages: list) -> dict:
     """Each stage's cost plus the costliest chain of stages that wait for it (run the longest chains first)."""
-    children = {name: [] for name in stages}
-    for s in stages.values():
+    children = {s: [] for s in stages}
+    for s in stages:
         for d in s.deps:
-            if d in children:
-                children[d].append(s.name)
+            children[d].append(s)
     memo = {}
 
-    def chain(name):
-        if name not in memo:
-            memo[name] = stages[name].cost + max((chain(c) for c in children[name]), default=0.0)
-        return memo[name]
-    return {name: chain(name) for name in stages}
+    def chain(s):
+        if s not in memo:
+            memo[s] = s.cost + max((chain(c) for c in children[s]), default=0.0)
+        return memo[s]
+    return {s: chain(s) for s in stages}
+
+
+def _check_graph(stages: list) -> None:
+    missing = {d.name for s in stages for d in s.deps if d not in stages}
+    if missing:
+        raise ValueError(f"stages depend on stages that are not in the graph: {sorted(missing)}")
+    folders = {}
+    for s in stages:
+        if folders.setdefault(s.out.resolve(), s) is not s:
+            raise ValueError(f"{s.name} and {folders[s.out.resolve()].name} write into the same folder {s.out}")
+    for s in stages:
+        try:
+            s.args()  # every command line is checked before anything runs
+        except UserError as e:
+            raise UserError(f"{s.name}: {e}") from None
+
+
+def plan_stages(stages: list, reuse_stale: bool = False) -> dict:
+    """{stage: (action, why)} without running anything: a stage after one that runs runs too (its input changes)."""
+    _check_graph(stages)
+    plan, todo = {}, list(stages)
+    while todo:
+        ready = [s for s in todo if all(d in plan for d in s.deps)]
+        if not ready:
+            raise RuntimeError("stage graph has a cycle")
+        for s in ready:
+            after = [d for d in s.deps if not plan[d][0].startswith("reuse")]
+            plan[s] = ("run", f"after {after[0].name}") if after else s.decide(s.key(), reuse_stale)
+            todo.remove(s)
+    return plan
 
 
 def run_stages(stages: list, jobs: int = 1, threads: int = 1, log_dir: Path | None = None,
-               progress: bool = True) -> dict:
-    """Run every stage once its dependencies are done (reusing what is on disk); returns {name: wall seconds of
-    this invocation, or None where reused}. ``jobs`` > 1: that many spawned worker processes."""
-    by_name = {s.name: s for s in stages}
-    missing = {d for s in stages for d in s.deps} - set(by_name)
-    if missing:
-        raise ValueError(f"stages depend on unknown stages {sorted(missing)}")
+               progress: bool = True, reuse_stale: bool = False) -> dict:
+    """Run every stage once its dependencies are done (reusing what is on disk); returns {stage name: {"action",
+    "why", "seconds" (this invocation's wall time, None where reused)}}. ``jobs`` > 1: that many spawned worker
+    processes."""
+    _check_graph(stages)
+    for s in {s.script.module for s in stages}:
+        code_of(s)  # the code as it is now, loaded by this process (later edits to a file do not count)
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
-    prio, done, running, times = _priorities(by_name), set(), {}, {}
+    prio, done, running, outcome = _priorities(stages), set(), {}, {}
     bar = tqdm(total=len(stages), desc="stages", unit="stage", disable=not progress, dynamic_ncols=True)
 
     def say(msg):
@@ -219,62 +345,61 @@ def run_stages(stages: list, jobs: int = 1, threads: int = 1, log_dir: Path | No
         sys.stdout.flush()
 
     def ready():
-        return sorted((s for s in stages if s.name not in done and s.name not in running
-                       and all(d in done for d in s.deps)), key=lambda s: -prio[s.name])
+        return sorted((s for s in stages if s not in done and s not in running and all(d in done for d in s.deps)),
+                      key=lambda s: -prio[s])
 
     def finish(stage, secs):
-        done.add(stage.name)
-        times[stage.name] = secs
+        done.add(stage)
+        outcome[stage.name]["seconds"] = secs
+        if secs is None and outcome[stage.name]["action"] in ("run", "resume"):
+            outcome[stage.name].update(action="reuse", why="made by another process meanwhile")
+        say(f"[{stage.label}] {stage.what}: " + ("found: reused" if secs is None else f"done in {secs / 60:.1f} min"))
         bar.update(1)
-        bar.set_postfix_str(", ".join(running.values()) or "-")
+        bar.set_postfix_str(", ".join(s.name for s in running) or "-")
 
     pool = None if jobs <= 1 else cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"),
                                                           initializer=_worker_init, initargs=(threads,))
     futures = {}
     try:
         while len(done) < len(stages):
-            launched = False
+            before = len(done) + len(running)
             for stage in ready():
-                if stage.reusable():
-                    say(f"[{stage.label}] {stage.what} found: reused")
+                key = stage.key()
+                action, why = stage.decide(key, reuse_stale)
+                outcome[stage.name] = {"action": action, "why": why, "seconds": None}
+                if action.startswith("reuse"):
+                    if action == "reuse-stale":
+                        say(f"[{stage.label}] {stage.what}: STALE, reused (--reuse-stale): {why}")
                     finish(stage, None)
-                    launched = True
                     continue
                 if pool is not None and len(running) >= jobs:
                     break
-                say(f"[{stage.label}] {stage.what}: running")
-                running[stage.name] = stage.name
-                bar.set_postfix_str(", ".join(running.values()))
+                say(f"[{stage.label}] {stage.what}: {'resuming' if action == 'resume' else 'running'}"
+                    + (f" ({why})" if why and action == "run" else ""))
+                running[stage] = True
+                bar.set_postfix_str(", ".join(s.name for s in running))
                 if pool is None:
-                    secs = execute(stage, log_dir)
-                    del running[stage.name]
-                    say(f"[{stage.label}] {stage.what}: done in {secs / 60:.1f} min")
+                    secs = execute(stage, key, log_dir, reuse_stale)
+                    del running[stage]
                     finish(stage, secs)
                 else:
-                    futures[pool.submit(execute, stage, log_dir)] = stage
-                launched = True
-            if pool is None:
-                if not launched and len(done) < len(stages):
-                    raise RuntimeError("stage graph has a cycle")
-                continue
-            if not futures:
-                if not launched:
-                    raise RuntimeError("stage graph has a cycle")
+                    futures[pool.submit(execute, stage, key, log_dir, reuse_stale)] = stage
+            if len(done) + len(running) == before and not futures:
+                raise RuntimeError("stage graph has a cycle")
+            if pool is None or len(done) == len(stages):
                 continue
             finished, _ = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
             for fut in finished:
                 stage = futures.pop(fut)
-                del running[stage.name]
-                secs = fut.result()  # a stage's error (UserError: one line) stops the study
-                say(f"[{stage.label}] {stage.what}: done in {secs / 60:.1f} min")
-                finish(stage, secs)
+                del running[stage]
+                finish(stage, fut.result())  # a stage's error (UserError: one line) stops the study
     except BaseException:  # Ctrl-C or a stage's error: stop the workers (checkpoints are written atomically)
         if pool is not None:
-            for proc in list(getattr(pool, "_processes", {}).values()):
+            for proc in mp.active_children():
                 proc.terminate()
         raise
     finally:
         bar.close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    return times
+    return outcome

@@ -24,6 +24,7 @@ import torch
 import data as data_mod
 import gan
 import runs
+from config import Config, freeze
 from models import build_models, freeze_first_convs, model_config
 from privacy import NonPrivate
 from training_set import TrainingData
@@ -165,9 +166,8 @@ def _int_list(text: str) -> list:
     return vals
 
 
-def check_args(args) -> None:
-    if args.data != "celeba":  # the root is CelebA's ($CELEBA_ROOT by default): not part of other sources' runs
-        args.data_root = None
+def check_args(args) -> Config:
+    """The run's frozen configuration: ``args`` (the parsed arguments, never changed) validated and normalised."""
     for k in ("epochs", "batch_size", "nz", "ngf", "ndf", "d_steps", "g_steps", "adaptive_grace"):
         if getattr(args, k) <= 0:
             raise UserError(f"--{k.replace('_', '-')} must be positive, got {getattr(args, k)}")
@@ -183,15 +183,12 @@ def check_args(args) -> None:
     if any(o not in gan.AUGMENTATIONS for o in ops):
         raise UserError(f"--augment takes a comma-separated list of {', '.join(gan.AUGMENTATIONS)}, "
                         f"got {args.augment!r}")
-    args.augment = ",".join(o for o in gan.AUGMENTATIONS if o in ops)  # canonical order, for resume and stamps
     if not args.mode_seeking >= 0:
         raise UserError(f"--mode-seeking must be >= 0 (0: off), got {args.mode_seeking}")
     if not args.ema_warmup >= 2:
         raise UserError(f"--ema-warmup must be >= 2 (2 = the uniform average of all G steps), got {args.ema_warmup}")
     if args.adaptive_d_steps is not None and not 0 <= args.adaptive_d_steps < 1:
         raise UserError(f"--adaptive-d-steps is an accuracy threshold in (0, 1) (0: off), got {args.adaptive_d_steps}")
-    if args.adaptive_d_steps == 0:
-        args.adaptive_d_steps = None
     if args.max_steps is not None and args.max_steps <= 0:
         raise UserError(f"--max-steps must be positive, got {args.max_steps}")
     if args.num_samples < 0:
@@ -221,6 +218,14 @@ def check_args(args) -> None:
         raise UserError(f"--memorization-rejection is a distance in (0, 1), got {args.memorization_rejection}")
     if args.mr_quantile is not None and not 0 < args.mr_quantile < 1:
         raise UserError(f"--mr-quantile must be in (0, 1), got {args.mr_quantile}")
+    return freeze(args, data_root=args.data_root if args.data == "celeba" else None,  # other sources have no root
+                  augment=",".join(o for o in gan.AUGMENTATIONS if o in ops),  # canonical order
+                  adaptive_d_steps=args.adaptive_d_steps or None)  # 0: off
+
+
+def parse_config(argv=None) -> Config:
+    """train_dcgan.py's command line as the run's frozen configuration."""
+    return check_args(build_parser().parse_args(argv))
 
 
 # ----------------------------------------------------------------------------- the training state
@@ -342,22 +347,29 @@ def train_step(state: TrainState, privacy, real_u8, args, run, g_batch: int, uni
 
 # ----------------------------------------------------------------------------- the loop
 def train(args, privacy=None) -> dict:
-    """Train G and D. ``privacy`` (privacy.DPSGD) makes every D step DP-SGD; None = non-private."""
+    """Train G and D. ``args``: the run's Config (parse_config; parsed arguments are checked into one);
+    ``privacy`` (privacy.DPSGD) makes every D step DP-SGD; None = non-private."""
+    args = args if isinstance(args, Config) else check_args(args)
     privacy = privacy or NonPrivate(args)
-    check_args(args)
     privacy.check_args(args)
-    run = runs.Run(args, privacy)  # the run folder, the checkpoint to resume, processes, device, threads
+    with runs.Run(args, privacy) as run:  # the run folder (locked), the checkpoint to resume, device, threads
+        return _train(args, privacy, run)
+
+
+def _train(args, privacy, run) -> dict:
     torch.manual_seed(args.seed)
     td = TrainingData(args, progress=run.progress)
     train_u8 = td.imgs.images[td.index].to(run.device)
     steps_per_epoch = math.ceil(td.n_planned / args.batch_size)  # fixed before any audit coin is flipped
     total_steps = min(args.epochs * steps_per_epoch, args.max_steps or math.inf)
     plan = {"steps_per_epoch": steps_per_epoch, "total_steps": total_steps}
+    if run.finished(total_steps):  # --resume of a finished run: its config and artefacts stay as they are
+        return read_json(run.out / "results.json")
     state, warm, d_trained = build_state(args, run, td, privacy, plan)
     state.reject, rejection = memorization_rejection(args, td, run.device)
     g_batch = math.ceil((args.g_batch_size or args.batch_size) / run.world)  # G's fixed batch, split over ranks
     model_cfg = model_config(args)
-    config = {"args": vars(args), "device": str(run.device), "versions": versions(), "data": td.imgs.source,
+    config = {"args": args.as_dict(), "device": str(run.device), "versions": versions(), "data": td.imgs.source,
               **td.describe(), **plan, "private": privacy.private, "world_size": run.world, "init_from": warm}
     if privacy.private:
         config["privacy"] = privacy.describe()
@@ -421,7 +433,7 @@ def train(args, privacy=None) -> dict:
 
 
 def main(argv=None):
-    return run_cli(lambda a: train(build_parser().parse_args(a)), argv)
+    return run_cli(lambda a: train(parse_config(a)), argv)
 
 
 if __name__ == "__main__":

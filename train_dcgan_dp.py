@@ -15,6 +15,7 @@ import argparse
 
 import privacy
 import train_dcgan
+from config import freeze
 from privacy import DPSGD
 from utils import run_cli
 
@@ -40,10 +41,10 @@ def dp_defaults(data: str) -> dict:
 
 def build_parser():
     p = train_dcgan.build_parser(prog="train_dcgan_dp.py", description=__doc__.split("\n")[0], defaults=DP_DEFAULTS)
-    for a in p._actions:
-        if a.dest in BY_DATA:
-            a.help += f" (default: {DP_DEFAULTS[a.dest]}; with --data digits {DIGITS_DEFAULTS[a.dest]})"
-            a.default = argparse.SUPPRESS
+    for action in p._actions:
+        if action.dest in BY_DATA:
+            action.help += f" (default: {DP_DEFAULTS[action.dest]}; with --data digits {DIGITS_DEFAULTS[action.dest]})"
+            action.default = argparse.SUPPRESS
     g = p.add_argument_group("differential privacy")
     g.add_argument("--epsilon", type=float, default=None,
                    help="target ε after all steps (σ is calibrated to it) (default: 8, unless --noise-multiplier)")
@@ -72,23 +73,26 @@ def build_parser():
     return p
 
 
-def parse_args(argv=None):
-    args = build_parser().parse_args(argv)
-    recipe = dp_defaults(args.data)
-    for k in BY_DATA:  # not given on the command line (their parser default is SUPPRESS)
-        if not hasattr(args, k):
-            setattr(args, k, recipe[k])
-    if args.epsilon is None and args.noise_multiplier is None:
-        args.epsilon = 8.0
-    return args
+def parse_config(argv=None):
+    """train_dcgan_dp.py's command line as the run's frozen configuration: the recipe's data-dependent defaults
+    filled in, ε = 8 unless a σ is given, the DP unit resolved, every argument checked."""
+    ns = build_parser().parse_args(argv)
+    fields = {**dp_defaults(ns.data), **vars(ns)}  # the data-dependent defaults were left out by the parser
+    if fields["epsilon"] is None and fields["noise_multiplier"] is None:
+        fields["epsilon"] = 8.0
+    fields["dp_unit"] = fields["dp_unit"] or fields["privacy_unit"]
+    cfg = train_dcgan.check_args(freeze(fields))
+    DPSGD(cfg).check_args(cfg)
+    return cfg
+
+
+def train(cfg) -> dict:
+    """Train the run ``cfg`` (parse_config's) with DP-SGD."""
+    return train_dcgan.train(cfg, privacy=DPSGD(cfg))
 
 
 def main(argv=None):
-    def run(a):
-        args = parse_args(a)
-        return train_dcgan.train(args, privacy=DPSGD(args))
-
-    return run_cli(run, argv)
+    return run_cli(lambda a: train(parse_config(a)), argv)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ atomic file IO, hashing, multi-process helpers."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -33,16 +34,15 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with the toolkit's conventions: defaults in --help, and a bad flag is one line on stderr (exit 2),
-    not the whole usage block."""
+    """argparse with the toolkit's conventions: defaults in --help, and a bad flag is a UserError (run_cli: one line
+    on stderr, exit 2), not the whole usage block."""
 
     def __init__(self, *args, **kw):
         kw.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kw)
 
     def error(self, message):
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
-        raise SystemExit(2)
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def run_cli(fn, argv=None, interrupted="interrupted: the last checkpoint is intact; rerun with --resume to continue"):
@@ -334,6 +334,80 @@ def atomic_write_text(path, text: str) -> None:
     _atomic_write(Path(path), write)
 
 
+_HELD_LOCKS: dict = {}  # resolved lock file -> depth: the locks this process holds
+
+
+@contextlib.contextmanager
+def file_lock(path, wait: bool = False, on_wait=None, what=None):
+    """Hold an exclusive lock on the file ``path`` (POSIX flock; the kernel releases it when the process ends,
+    however it ends; the file holds the holder's pid). Re-entrant within a process. Held by another process: a
+    UserError naming ``what`` (default the file), or with ``wait`` block until it is free (``on_wait()`` first).
+    Without fcntl (Windows): no lock."""
+    path = Path(path)
+    key = resolved(path)
+    if key in _HELD_LOCKS:
+        _HELD_LOCKS[key] += 1
+        try:
+            yield
+        finally:
+            _HELD_LOCKS[key] -= 1
+        return
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            if not wait:
+                raise UserError(f"{what or path} is in use by another process (pid {holder}): wait for it to finish, "
+                                "or choose another --out") from None
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        _HELD_LOCKS[key] = 1
+        try:
+            yield
+        finally:
+            del _HELD_LOCKS[key]
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def folder_lock(folder, wait: bool = False, on_wait=None):
+    """file_lock on FOLDER/.lock: one process at a time in a run or stage folder."""
+    return file_lock(Path(folder) / ".lock", wait, on_wait, what=folder)
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    _atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(data))
+
+
+def atomic_save_npy(path, array) -> None:
+    """np.save, atomically."""
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_savez(path, **arrays) -> None:
+    """np.savez, atomically."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def read_json(path):
     with open(path) as f:
         return json.load(f)
@@ -350,6 +424,8 @@ def safe_load(path, map_location="cpu"):
         raise UserError(f"file not found: {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except MemoryError:
+        raise
     except Exception as e:  # corrupt file, or a pickle with arbitrary objects
         raise UserError(f"cannot load {path} safely ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                         "is it a checkpoint written by this toolkit?") from None

@@ -7,6 +7,7 @@ import torch
 from scipy.stats import beta, mannwhitneyu
 
 import audit
+import audit_stats
 import data
 import train_dcgan
 from training_set import TrainingData
@@ -19,7 +20,7 @@ def test_roc_summary_matches_mann_whitney_and_brute_force():
     rng = np.random.default_rng(0)
     s_in, s_out = rng.normal(0.5, 1, 300), rng.normal(0, 1, 400)
     s_in[:20] = s_out[:20]  # ties
-    r = audit.roc_summary(s_in, s_out)
+    r = audit_stats.roc_summary(s_in, s_out)
     u = mannwhitneyu(s_in, s_out).statistic  # counts ties as 1/2, like the AUC
     assert r["auc"] == pytest.approx(u / (len(s_in) * len(s_out)), abs=1e-12)
     for level in (0.01, 0.001):
@@ -32,15 +33,15 @@ def test_roc_summary_matches_mann_whitney_and_brute_force():
 
 def test_clopper_pearson_and_bound_by_hand():
     # k = 0: the one-sided upper limit has the closed form 1 - a^(1/n)
-    assert audit.clopper_pearson_upper(0, 20, 0.025) == pytest.approx(1 - 0.025 ** (1 / 20))
-    assert audit.clopper_pearson_upper(5, 50, 0.05) == pytest.approx(beta.ppf(0.95, 6, 45))
-    assert audit.clopper_pearson_upper(7, 7, 0.05) == 1.0
+    assert audit_stats.clopper_pearson_upper(0, 20, 0.025) == pytest.approx(1 - 0.025 ** (1 / 20))
+    assert audit_stats.clopper_pearson_upper(5, 50, 0.05) == pytest.approx(beta.ppf(0.95, 6, 45))
+    assert audit_stats.clopper_pearson_upper(7, 7, 0.05) == 1.0
     u = 1 - 0.025 ** (1 / 20)  # a perfect test on 20 + 20 trials
-    assert audit.epsilon_lb_from_counts(0, 20, 0, 20, 0.0, 0.05) == pytest.approx(math.log((1 - u) / u))
+    assert audit_stats.epsilon_lb_from_counts(0, 20, 0, 20, 0.0, 0.05) == pytest.approx(math.log((1 - u) / u))
     fpr, fnr = beta.ppf(0.975, 11, 90), beta.ppf(0.975, 31, 70)  # 10/100 false positives, 30/100 false negatives
     want = max(math.log((1 - 1e-5 - fpr) / fnr), math.log((1 - 1e-5 - fnr) / fpr))
-    assert audit.epsilon_lb_from_counts(10, 100, 30, 100, 1e-5, 0.05) == pytest.approx(want)
-    assert audit.epsilon_lb_from_counts(50, 100, 50, 100, 1e-5, 0.05) == 0.0  # a coin flip proves nothing
+    assert audit_stats.epsilon_lb_from_counts(10, 100, 30, 100, 1e-5, 0.05) == pytest.approx(want)
+    assert audit_stats.epsilon_lb_from_counts(50, 100, 50, 100, 1e-5, 0.05) == 0.0  # a coin flip proves nothing
 
 
 @pytest.mark.parametrize("eps", [0.5, 2.0])
@@ -51,7 +52,7 @@ def test_bound_on_an_eps_dp_mechanism_stays_below_eps_and_approaches_it(eps):
     n = 20000
     s_in = (rng.random(n) < p).astype(float)  # a member answers "member" with probability p
     s_out = (rng.random(n) < 1 - p).astype(float)
-    lb = audit.empirical_epsilon(s_in, s_out, delta=0.0, alpha=0.05)["epsilon_lb"]
+    lb = audit_stats.empirical_epsilon(s_in, s_out, delta=0.0, alpha=0.05)["epsilon_lb"]
     assert lb <= eps
     assert lb > 0.85 * eps
 
@@ -70,7 +71,7 @@ def test_one_run_bound_on_randomized_response_is_valid_and_tight(eps):
     """The bound exceeds the true eps with probability <= alpha (that is all "valid" can mean for a bound that
     holds with probability 1 - alpha; measured about 2%), and with m = 10,000 canaries it comes within 0.7 eps."""
     rng = np.random.default_rng(7)
-    bounds = np.array([audit.one_run_audit(*_randomized_response(eps, 10_000, rng), delta=0.0, alpha=0.05, seed=s,
+    bounds = np.array([audit_stats.one_run_audit(*_randomized_response(eps, 10_000, rng), delta=0.0, alpha=0.05, seed=s,
                                            curve=False)["epsilon_lb"] for s in range(200)])
     assert (bounds > eps).mean() <= 0.05
     assert np.quantile(bounds, 0.05) >= 0.7 * eps
@@ -81,7 +82,7 @@ def test_one_run_p_value_is_a_p_value():
     rng = np.random.default_rng(3)
     eps, r, m = 1.5, 400, 400
     q = math.exp(eps) / (1 + math.exp(eps))
-    pvals = np.array([audit.one_run_p_value(m, r, int(v), eps, 0.0) for v in rng.binomial(r, q, 2000)])
+    pvals = np.array([audit_stats.one_run_p_value(m, r, int(v), eps, 0.0) for v in rng.binomial(r, q, 2000)])
     for a in (0.05, 0.1, 0.2):
         assert (pvals <= a).mean() <= a + 3 * math.sqrt(a * (1 - a) / 2000)
     assert (pvals <= 0.5).mean() > 0.4  # not vacuous (a p-value that is always 1 would pass the line above)
@@ -92,25 +93,25 @@ def test_one_run_bound_by_hand_and_monotone():
 
     # delta = 0, all 100 guesses right: p = q^100 < alpha  <=>  eps < log(q / (1 - q)) with q = alpha^(1/100)
     q = 0.05 ** (1 / 100)
-    assert audit.one_run_epsilon(100, 100, 100, 0.0, 0.05) == pytest.approx(math.log(q / (1 - q)), abs=1e-3)
-    assert audit.one_run_epsilon(1000, 1000, 1000, 0.0, 0.05) == pytest.approx(5.81, abs=0.01)  # the issue's figure
+    assert audit_stats.one_run_epsilon(100, 100, 100, 0.0, 0.05) == pytest.approx(math.log(q / (1 - q)), abs=1e-3)
+    assert audit_stats.one_run_epsilon(1000, 1000, 1000, 0.0, 0.05) == pytest.approx(5.81, abs=0.01)  # the issue's figure
     # p-value with delta > 0, summed by hand: tail + 2 m delta max_i P[v - i <= Bin < v] / i
     m, r, v, eps, delta = 50, 30, 24, 1.0, 1e-3
     qq = math.exp(eps) / (1 + math.exp(eps))
     tail = sum(binom.pmf(k, r, qq) for k in range(v, r + 1))
     extra = max(sum(binom.pmf(k, r, qq) for k in range(v - i, v)) / i for i in range(1, v + 1))
-    assert audit.one_run_p_value(m, r, v, eps, delta) == pytest.approx(tail + 2 * m * delta * extra, rel=1e-9)
-    assert audit.one_run_p_value(m, r, v, eps, 0.0) == pytest.approx(tail, rel=1e-9)
-    bounds = [audit.one_run_epsilon(500, 200, v, 1e-6, 0.05) for v in range(90, 201, 5)]
+    assert audit_stats.one_run_p_value(m, r, v, eps, delta) == pytest.approx(tail + 2 * m * delta * extra, rel=1e-9)
+    assert audit_stats.one_run_p_value(m, r, v, eps, 0.0) == pytest.approx(tail, rel=1e-9)
+    bounds = [audit_stats.one_run_epsilon(500, 200, v, 1e-6, 0.05) for v in range(90, 201, 5)]
     assert bounds == sorted(bounds) and bounds[0] == 0.0 and bounds[-1] > 3  # monotone in v
     # more delta can only weaken the bound
-    assert audit.one_run_epsilon(500, 200, 190, 1e-3, 0.05) < audit.one_run_epsilon(500, 200, 190, 0.0, 0.05)
+    assert audit_stats.one_run_epsilon(500, 200, 190, 1e-3, 0.05) < audit_stats.one_run_epsilon(500, 200, 190, 0.0, 0.05)
 
 
 def test_one_run_audit_counts_guesses_and_ignores_coin_order():
     scores = np.array([5.0, 4, 3, 2, 1, 0, -1, -2, -3, -4, -5, -6])
     inc = np.array([1, 1, 0, 1, 0, 1, 0, 1, 0, 0, 1, 0], bool)
-    r = audit.one_run_audit(scores, inc, 0.0, 0.05, fractions=(1.0,))
+    r = audit_stats.one_run_audit(scores, inc, 0.0, 0.05, fractions=(1.0,))
     # 12 guesses: top 6 "in" (4 right), bottom 6 "out" (4 right)
     assert (r["r"], r["v"], r["m"], r["included"]) == (12, 8, 12, 6)
     assert r["alpha_per_test"] == 0.05 and r["grid"][0]["v"] == 8
@@ -118,7 +119,7 @@ def test_one_run_audit_counts_guesses_and_ignores_coin_order():
 
 def test_exposure_by_hand():
     refs = np.arange(10.0)  # M = 10 references
-    e = audit.exposure([9.5, 4.5, -1.0, 9.0], refs)
+    e = audit_stats.exposure([9.5, 4.5, -1.0, 9.0], refs)
     # ranks: 1 (beats all), 6 (refs 5..9 score >= 4.5), 11 (all refs above), 2 (ties count against the canary)
     np.testing.assert_allclose(e, [math.log2(10), math.log2(10) - math.log2(6), math.log2(10) - math.log2(11),
                                    math.log2(10) - 1])
@@ -153,12 +154,12 @@ def test_white_box_attack_detects_an_overfitted_discriminator_only():
     nonmembers = imgs.split("test")[:48]
     # trained to say "1" on the members only, against other images of the same distribution: memorisation
     over = _fit(Discriminator(16, 1, 32), members, others)
-    r = audit.roc_summary(audit.discriminator_scores(over, members, "cpu"),
+    r = audit_stats.roc_summary(audit.discriminator_scores(over, members, "cpu"),
                           audit.discriminator_scores(over, nonmembers, "cpu"))
     assert r["auc"] > 0.8
     # the same training on images that exclude the members: no membership signal
     blind = _fit(Discriminator(16, 1, 32), unseen[:48], unseen[48:])
-    r = audit.roc_summary(audit.discriminator_scores(blind, members, "cpu"),
+    r = audit_stats.roc_summary(audit.discriminator_scores(blind, members, "cpu"),
                           audit.discriminator_scores(blind, nonmembers, "cpu"))
     assert abs(r["auc"] - 0.5) < 0.15
 
@@ -169,10 +170,10 @@ def test_black_box_attack_detects_copies_of_members():
     members, nonmembers, fresh = pool[:100], imgs.split("test")[:100], pool[200:1200]
     noise = torch.randint(-3, 4, members.shape, generator=torch.Generator().manual_seed(0))
     copies = (members.int() + noise).clamp(0, 255).to(torch.uint8)
-    r = audit.roc_summary(-audit.nearest_l2(members, copies, "cpu"), -audit.nearest_l2(nonmembers, copies, "cpu"))
+    r = audit_stats.roc_summary(-audit.nearest_l2(members, copies, "cpu"), -audit.nearest_l2(nonmembers, copies, "cpu"))
     assert r["auc"] > 0.99
     # a "generator" that never saw the members (other images of the train split)
-    r = audit.roc_summary(-audit.nearest_l2(members, fresh, "cpu"), -audit.nearest_l2(nonmembers, fresh, "cpu"))
+    r = audit_stats.roc_summary(-audit.nearest_l2(members, fresh, "cpu"), -audit.nearest_l2(nonmembers, fresh, "cpu"))
     assert abs(r["auc"] - 0.5) < 0.12
 
 
@@ -276,10 +277,24 @@ def test_one_run_bound_over_attacks_holds_at_alpha(tmp_path):
     assert res["one_run_epsilon_lb"] == max(o["epsilon_lb"] for o in per_attack.values())
 
 
-def test_audit_bad_input_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("extra,msg", [
+    ([], "not a run folder"),
+    (["--alpha", "2"], "--alpha must be in (0, 1)"),  # was an endless loop in the one-run bound's search
+    (["--alpha", "0"], "--alpha must be in (0, 1)"),
+    (["--calibration-size", "-1"], "--calibration-size must be >= 0"),  # calibrated on all but 1 held-out image
+    (["--max-members", "1"], "--max-members must be >= 2"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--delta", "1.5"], "--delta must be in [0, 1)"),
+    (["--stop-auc", "2"], "--stop-auc is an AUC in [0, 1]"),
+])
+def test_audit_bad_input_is_one_line(tmp_path, capsys, extra, msg):
     with pytest.raises(SystemExit) as e:
-        audit.main(["--run", str(tmp_path)])
-    assert e.value.code == 2 and "not a run folder" in capsys.readouterr().err
+        audit.main(["--run", str(tmp_path), *extra])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and msg in err and len(err.splitlines()) == 1
+
+
+def test_too_many_canaries_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         train_dcgan.main(tiny_args(tmp_path / "r", "--canaries", "100", "--canary-repeats", "1,2"))
     assert e.value.code == 2 and "fewer canaries" in capsys.readouterr().err

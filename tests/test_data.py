@@ -52,6 +52,34 @@ def test_folder_with_bad_files(tmp_path, capsys):
     assert rgb.images.shape == (5, 3, 32, 32)
 
 
+def test_a_read_error_is_an_error_of_the_run_and_never_cached(tmp_path, monkeypatch):
+    """A file whose content is bad is skipped, and the skip is cached with the decoded images; a file that cannot
+    be read (an OSError with an errno: I/O error, no permission, vanished) may read next time, so it stops the run
+    with a one-line error and nothing is cached: the images, splits and coins never depend on a passing failure."""
+    import errno
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i in range(6):
+        _img(root / f"{i}.png")
+    (root / "bad.png").write_bytes(b"not an image")
+    real_open = Image.open
+
+    def flaky(path, *a, **k):
+        if Path(path).name == "3.png":
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(Image, "open", flaky)
+    with pytest.raises(UserError, match=r"cannot read .*3\.png .*Input/output error.*fix or remove it"):
+        data.load_images(f"folder:{root}", image_size=32, channels=1, cache_dir=tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob("images-*.pt"))
+    monkeypatch.setattr(Image, "open", real_open)
+    s = data.load_images(f"folder:{root}", image_size=32, channels=1, cache_dir=tmp_path / "cache")
+    assert len(s.images) == 6 and [p for p, _ in s.skipped] == ["bad.png"]
+    assert len(list((tmp_path / "cache").glob("images-*.pt"))) == 1
+
+
 def test_transform_resize_crop():
     img = Image.new("L", (40, 80))
     img.paste(255, (0, 20, 40, 60))  # white centre band, black top and bottom
@@ -308,3 +336,34 @@ def test_shared_public_pretraining_set_shares_no_person_with_the_private_subset(
     kept, report = names
     assert not {table[p.name] for p in kept} & private
     assert report["identities_excluded"] == 200 and report["excluded"] == 277 and report["excluded_by_identity"] == 0
+
+
+def test_make_celeba_folders_of_the_results_design(tmp_path, capsys):
+    """make_celeba.py subset draws whole persons with enough photos and that many photos of each; downsample resizes
+    the first photos; both copy the annotation files and give a folder the loader takes as a CelebA root."""
+    import make_celeba
+
+    src = tmp_path / "celeba"
+    names = _fake_celeba_people(src, [3, 4, 1, 3], start=1)  # persons 1-4; person 3 has one photo
+    (src / "list_eval_partition.txt").write_text("".join(f"{n} 0\n" for n in names))
+    make_celeba.main(["subset", "--celeba", str(src), "--out", str(tmp_path / "sub"), "--people", "2", "--photos", "3"])
+    PARTITION = "list_eval_partition.txt"
+    ident = data.read_identities(tmp_path / "sub" / "identity_CelebA.txt")
+    got = sorted(p.name for p in (tmp_path / "sub" / "img_align_celeba").iterdir())
+    people = {ident[n] for n in got}
+    assert len(got) == 6 and len(people) == 2 and 3 not in people  # person 3 has too few photos
+    assert all(sum(ident[n] == p for n in got) == 3 for p in people) and (tmp_path / "sub" / PARTITION).is_file()
+    assert make_celeba.subset(src, 2, 3, 0) == got  # seeded
+    assert len({tuple(make_celeba.subset(src, 1, 2, seed)) for seed in range(6)}) > 1
+    s = data.load_images("celeba", tmp_path / "sub", image_size=32, cache_dir=None, dedup=0)
+    assert len(s) == 6 and s.identity_report()["identities"] == 2
+    make_celeba.main(["downsample", "--celeba", str(src), "--out", str(tmp_path / "small"), "--first", "5",
+                      "--size", "20x24"])
+    small = sorted((tmp_path / "small" / "img_align_celeba").iterdir())
+    assert [p.name for p in small] == sorted(names)[:5] and Image.open(small[0]).size == (20, 24)
+    for argv, msg in ((["subset", "--people", "4", "--photos", "3"], "only 3 persons have 3 photos"),
+                      (["downsample", "--size", "20"], "--size takes WIDTHxHEIGHT"),
+                      (["downsample", "--out", str(tmp_path / "small")], "exists: choose a new --out")):
+        with pytest.raises(SystemExit) as e:
+            make_celeba.main(argv[:1] + ["--celeba", str(src), "--out", str(tmp_path / "x")] + argv[1:])
+        assert e.value.code == 2 and msg in capsys.readouterr().err

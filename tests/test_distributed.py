@@ -31,7 +31,7 @@ def test_dp_training_on_two_processes(tmp_path):
     res = json.loads((tmp_path / "ddp" / "results.json").read_text())
     assert res["world_size"] == 2 and res["ranks_identical"] is True  # one synchronized DP step per step
     # the accounting is the single-process one: same q, sigma and steps, hence the same epsilon
-    single = train_dcgan_dp.DPSGD(train_dcgan_dp.parse_args(tiny_args(tmp_path / "one", "--max-steps", "6")))
+    single = train_dcgan_dp.DPSGD(train_dcgan_dp.parse_config(tiny_args(tmp_path / "one", "--max-steps", "6")))
     train_dcgan_dp.train_dcgan.train(single.args, single)
     one = json.loads((tmp_path / "one" / "results.json").read_text())
     for k in ("sample_rate", "noise_multiplier", "dp_steps", "epsilon"):

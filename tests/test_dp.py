@@ -130,7 +130,7 @@ def _dp_accounting_eps(sigma, q, steps, delta, kind):
 @pytest.mark.parametrize("accountant,rtol", [("rdp", 0.05), ("prv", 0.02)])
 def test_reported_epsilon_matches_independent_accountant(tmp_path, accountant, rtol):
     pytest.importorskip("dp_accounting")
-    args = train_dcgan_dp.parse_args(tiny_args(tmp_path, "--max-steps", "6", "--noise-multiplier", "1.1",
+    args = train_dcgan_dp.parse_config(tiny_args(tmp_path, "--max-steps", "6", "--noise-multiplier", "1.1",
                                                "--accountant", accountant, "--delta", "1e-5"))
     res = train_dcgan.train(args, privacy.DPSGD(args))
     assert res["dp_steps"] == 6 and res["noise_multiplier"] == 1.1
@@ -150,7 +150,7 @@ def test_live_epsilon_is_evaluated_every_few_steps_and_exact_at_the_end(tmp_path
     privacy.epsilon_of.cache_clear()
     monkeypatch.setattr(privacy, "_accountant_epsilon", lambda *a: calls.append(1) or real(*a))
     # --train-size 40 with batch 32: 2 D steps per epoch
-    args = train_dcgan_dp.parse_args(tiny_args(tmp_path, "--train-size", "40", "--epochs", "24",
+    args = train_dcgan_dp.parse_config(tiny_args(tmp_path, "--train-size", "40", "--epochs", "24",
                                                "--noise-multiplier", "1.1", "--ema-decay", "0", "--accountant", "rdp"))
     pv = privacy.DPSGD(args)
     res = train_dcgan.train(args, pv)
@@ -171,7 +171,7 @@ def test_epsilon_counts_d_steps_only(tmp_path):
     """With K = 5 D steps per G step, epsilon after T D steps equals an independent accountant's for T steps at
     (q, sigma): the G steps are post-processing and add nothing."""
     pytest.importorskip("dp_accounting")
-    args = train_dcgan_dp.parse_args(tiny_args(tmp_path, "--max-steps", "10", "--noise-multiplier", "1.1",
+    args = train_dcgan_dp.parse_config(tiny_args(tmp_path, "--max-steps", "10", "--noise-multiplier", "1.1",
                                                "--d-steps", "5", "--accountant", "prv", "--delta", "1e-5"))
     res = train_dcgan.train(args, privacy.DPSGD(args))
     assert res["dp_steps"] == 10 and res["g_steps"] == 2
@@ -188,7 +188,7 @@ def test_target_epsilon_is_met():
 
 def _dp_run(path, *extra):
     argv = tiny_args(path, "--noise-multiplier", "1.0", *extra)
-    args = train_dcgan_dp.parse_args(argv)
+    args = train_dcgan_dp.parse_config(argv)
     return train_dcgan.train(args, privacy.DPSGD(args))
 
 
@@ -316,18 +316,18 @@ def test_delta_warning(tmp_path):
 
 
 def test_default_epsilon_is_8():
-    assert train_dcgan_dp.parse_args([]).epsilon == 8.0
+    assert train_dcgan_dp.parse_config([]).epsilon == 8.0
 
 
 def test_dp_defaults_depend_on_the_data_and_yield_to_flags():
-    digits, photos = train_dcgan_dp.parse_args([]), train_dcgan_dp.parse_args(["--data", "celeba"])
+    digits, photos = train_dcgan_dp.parse_config([]), train_dcgan_dp.parse_config(["--data", "celeba"])
     assert (digits.ndf, digits.epochs, digits.ema_warmup) == (8, 60, 10.0)
     assert (photos.ndf, photos.epochs, photos.ema_warmup) == (16, 30, 3.0)
     assert digits.batch_size == photos.batch_size == 256 and digits.lr == photos.lr == 1e-3
     assert digits.mode_seeking == photos.mode_seeking == 1.0
-    assert (digits.augment, photos.augment) == ("none", "translation,flip")  # digits are not mirror-symmetric
+    assert (digits.augment, photos.augment) == ("", "translation,flip")  # digits are not mirror-symmetric (none)
     assert (digits.g_lr_scale, photos.g_lr_scale) == (1.0, 2.0)  # G's lr doubling was measured on CelebA only
-    mine = train_dcgan_dp.parse_args(["--ndf", "4", "--epochs", "2", "--ema-warmup", "5"])
+    mine = train_dcgan_dp.parse_config(["--ndf", "4", "--epochs", "2", "--ema-warmup", "5"])
     assert (mine.ndf, mine.epochs, mine.ema_warmup) == (4, 2, 5.0)
 
 

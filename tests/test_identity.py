@@ -12,6 +12,7 @@ from test_dp import _dp_accounting_eps, _privacy
 from test_ghost_clipping import reference_person_clipped_sum
 
 import audit
+import audit_stats
 import privacy
 import train_dcgan
 import train_dcgan_dp
@@ -96,7 +97,7 @@ def test_user_level_dp_run_reports_epsilon_per_person_and_resume_keeps_the_unit(
     out = tmp_path / "dp"
     argv = _argv(people_root, out, "--noise-multiplier", "1.3", "--max-steps", "4", "--accountant", "prv",
                  "--delta", "1e-5", "--max-photos-per-unit", "4")
-    args = train_dcgan_dp.parse_args(argv)
+    args = train_dcgan_dp.parse_config(argv)
     res = train_dcgan.train(args, privacy.DPSGD(args))
     cfg = json.loads((out / "config.json").read_text())
     assert res["privacy_unit"] == "identity" and cfg["privacy"]["units_planned"] == 3
@@ -122,6 +123,7 @@ def test_user_level_dp_run_reports_epsilon_per_person_and_resume_keeps_the_unit(
     (["--max-photos-per-unit", "0"], "--max-photos-per-unit takes a positive count"),
     (["--attack-photos", "8"], "people with more than 8 photos"),
     (["--privacy-unit", "image", "--attack-photos", "0", "--dp-unit", "identity"], "needs the data drawn by person"),
+    (["--batch-size", "4"], "fewer than one person per step on average"),  # 3 people, 5 steps an epoch
 ])
 def test_bad_identity_input(people_root, tmp_path, capsys, extra, msg):
     argv = _argv(people_root, tmp_path / "bad", "--max-steps", "2")
@@ -148,7 +150,7 @@ def test_identity_audit_scores_people_from_their_attack_photos(people_root, tmp_
     assert np.allclose(scores["white_box_attack"], white, atol=1e-5)
     person = white.reshape(6, 2).mean(1)  # each person's score: the mean over their attack photos
     inc = np.array(coins["included"], bool)
-    ref = audit.roc_summary(person[inc], person[~inc])["auc"]
+    ref = audit_stats.roc_summary(person[inc], person[~inc])["auc"]
     assert idn["attacks"]["white_box"]["auc"] == pytest.approx(ref)
     assert idn["attacks"]["white_box"]["one_run"]["m"] == 6
 

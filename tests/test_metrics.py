@@ -3,6 +3,7 @@ import pytest
 import scipy.linalg
 import torch
 
+import evaluate_mifid
 import metrics
 from utils import UserError
 
@@ -154,6 +155,20 @@ def test_weights_checks(tmp_path, monkeypatch):
     monkeypatch.setattr(metrics, "WEIGHTS_URL", (tmp_path / "nowhere.pth").as_uri())
     with pytest.raises(UserError, match="--inception-weights"):
         metrics.resolve_inception_weights()
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--batch-size", "0"], "--batch-size must be >= 1"),  # was a bare ValueError from deep in metrics.py
+    (["--num-samples", "0"], "--num-samples must be >= 1"),
+    (["--max-real", "0"], "--max-real must be >= 1"),
+    (["--kid-subset-size", "1"], "--kid-subset-size must be >= 2"),
+    (["--mifid-eps", "0"], "--mifid-eps must be > 0"),
+])
+def test_evaluate_bad_input_is_one_line(tmp_path, capsys, extra, msg):
+    with pytest.raises(SystemExit) as e:
+        evaluate_mifid.main(["--gen", str(tmp_path), "--out", str(tmp_path / "eval"), *extra])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and msg in err and len(err.splitlines()) == 1
 
 
 def test_shared_weights_are_recognised(inception_weights):

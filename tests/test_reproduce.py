@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import report
+import plots
 import reproduce
+import stages
 
 
 def _argv(out, weights):
@@ -83,13 +84,100 @@ def test_quick_pipeline_end_to_end_idempotent_and_resumable(tmp_path, inception_
     (out / "results.md").unlink()
     assert reproduce.main(_argv(out, inception_weights) + ["--only", "n40-dp-eps8"]) == {"only": ["n40-dp-eps8"]}
     log = capsys.readouterr().out
-    assert "[n40-dp-eps8] training: running" in log and "[n40-dp-eps8] evaluation: running" in log
+    assert "[n40-dp-eps8] training: resuming" in log and "[n40-dp-eps8] evaluation: running" in log
     assert "resumed from" in (out / "logs" / "n40-dp-eps8-training.log").read_text()
     assert "[n40-non-private]" not in log and "[n80" not in log and not (out / "results.md").exists()
     third = reproduce.main(_argv(out, inception_weights))
     log = capsys.readouterr().out
     assert log.count("reused") == 29 and "running" not in log and (out / "results.md").is_file()
     assert {r["model"]: r["epsilon"] for r in third["rows"]} == {r["model"]: r["epsilon"] for r in res["rows"]}
+    _what_reruns(out, inception_weights, res, capsys, monkeypatch)
+
+
+def _runs(plan, what=""):
+    """The stages of a --dry-run plan that would run (of kind ``what``), {name: why}."""
+    return {k: why for k, (action, why) in plan.items() if not action.startswith("reuse") and k.endswith(what)}
+
+
+def _what_reruns(out, weights, res, capsys, monkeypatch):
+    """Issue #43: each stage is keyed on its settings, its inputs' content and its code; --dry-run says what a
+    change reruns, and a changed setting retrains (the old run moved aside) instead of aborting or keeping it."""
+    import shutil
+    import subprocess
+    import sys
+
+    def plan(*extra):
+        return reproduce.main(_argv(out, weights) + ["--dry-run", *extra])["dry_run"]
+
+    trainings = {k for k in plan() if k.endswith(" training")}
+    assert len(trainings) == 9 and not _runs(plan())  # 8 models and the public pretraining; all reused
+    pretraining = "public pretraining (ndf 8) training"  # 1 epoch of the public digits at either budget
+    for flag, value, field, retrained in (("--budget", "200", "epochs", trainings - {pretraining}),
+                                          ("--num-samples", "16", "num_samples", trainings),
+                                          ("--seed", "1", "seed", trainings)):
+        runs = _runs(plan(flag, value), " training")  # (a warm run after a changed pretraining: "after" it)
+        assert set(runs) == retrained and all(f"settings changed: {field}" in why or why == f"after {pretraining}"
+                                              for why in runs.values()), runs
+    runs = _runs(plan("--canaries", "1"))  # the models' trainings, not the pretraining's: it has no canaries
+    assert {k for k in runs if k.endswith(" training")} == trainings - {pretraining}
+    runs = _runs(plan("--delta", "1e-7"))  # the DP models only, and what reads them
+    assert {k for k in runs if k.endswith(" training")} == {f"n{n}-dp-eps8{w} training" for n in (40, 80)
+                                                           for w in ("", "-warm")}
+    assert "n40-non-private evaluation" not in runs and "n40-reference real-data reference" not in runs
+    assert runs["n40-dp-eps8 training"] == "settings changed: delta" and runs["n40-dp-eps8 audit"].startswith("after")
+
+    # retraining the public pretraining (a new results.json) reruns the warm rows and the pretraining's evaluations
+    pub = out / "public-pretraining" / "results.json"
+    original = pub.read_text()
+    pub.write_text(original.replace("{", '{"retrained": true,', 1))
+    runs = _runs(plan())
+    pub.write_text(original)
+    assert {k for k in runs if k.endswith(" training")} == {f"n{n}-{m}-warm training" for n in (40, 80)
+                                                           for m in ("non-private", "dp-eps8")}
+    assert all(runs[f"n{n}-{m}-warm training"] == "input changed: init_from" for n in (40, 80)
+               for m in ("non-private", "dp-eps8"))
+    assert runs["n40-public-pretraining evaluation"] == "input changed: gen"
+
+    # the code: a copy of the project with README.md changed reruns nothing; with a metric changed (metrics.py) it
+    # reruns every evaluation and audit (which import metrics.py), not one training
+    repo, code = Path(reproduce.__file__).resolve().parent, out.parent / "code"
+    shutil.copytree(repo, code, ignore=shutil.ignore_patterns(".git", ".venv", "outputs", "__pycache__", "*.egg-info"))
+    (code / "README.md").write_text("changed\n")
+
+    def plan_of_copy(*extra):
+        p = subprocess.run([sys.executable, str(code / "reproduce.py"), *_argv(out, weights), "--dry-run", *extra],
+                           capture_output=True, text=True, cwd=out.parent, timeout=300)
+        assert p.returncode == 0, p.stderr
+        return {line.split(maxsplit=1)[1].split("  (")[0]: line.split()[0] for line in p.stdout.splitlines()
+                if line.startswith("  ") and line.split()[0] in ("reuse", "run", "resume", "reuse-stale")}
+
+    assert set(plan_of_copy().values()) == {"reuse"}
+    metrics = (code / "metrics.py").read_text()
+    (code / "metrics.py").write_text(metrics.replace("def fid(", "def fid(  # a changed metric\n        ", 1))
+    reruns = {k for k, action in plan_of_copy().items() if action != "reuse"}
+    assert reruns == {k for k in plan() if not k.endswith(" training")} and len(reruns) == 29 - 9
+    assert {k for k, action in plan_of_copy("--reuse-stale").items() if action == "reuse-stale"} == reruns
+
+    # a changed setting is trained anew (never resumed under it, never refused): the old run is moved aside; back
+    # to the original setting, the run is retrained and computes exactly what it did
+    capsys.readouterr()
+    reproduce.main(_argv(out, weights) + ["--only", "n40-dp-eps8", "--delta", "1e-7"])
+    assert "[n40-dp-eps8] training: running (settings changed: delta)" in capsys.readouterr().out
+    assert json.loads((out / "runs" / "n40-dp-eps8" / "config.json").read_text())["args"]["delta"] == 1e-7
+    assert len(list((out / "runs" / ".stale").glob("n40-dp-eps8-*/ckpt.pt"))) == 1
+    again = reproduce.main(_argv(out, weights))
+    log = capsys.readouterr().out
+    assert log.count("running") == 3 and log.count("reused") == 26  # the model's training, evaluation and audit
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("wall_s", "features")} for r in rows]  # noqa
+    assert strip(again["rows"]) == strip(res["rows"])
+
+    # --reuse-stale keeps what only the code changed (here: metrics.py, as this process sees it), and says so
+    real_sha = stages._source_sha
+    monkeypatch.setattr(stages, "_source_sha", lambda m: "edited" if m == "metrics" else real_sha(m))
+    stale = reproduce.main(_argv(out, weights) + ["--reuse-stale"])
+    assert len(stale["stale_stages"]) == 20 and set(stale["stale_stages"].values()) == {"code changed: metrics.py"}
+    assert "**Stale: 20 stage(s) were computed by other code" in (out / "results.md").read_text()
+    assert "running" not in capsys.readouterr().out
 
 
 def _small(out, weights, jobs):
@@ -100,10 +188,13 @@ def _small(out, weights, jobs):
             "--cache-dir", str(out.parent / f"cache-{out.name}"), "--out", str(out)]
 
 
-def test_parallel_study_interrupted_by_ctrl_c_resumes_to_the_sequential_results(tmp_path, inception_weights):
+def test_parallel_study_interrupted_by_ctrl_c_and_killed_resumes_to_the_sequential_results(tmp_path,
+                                                                                         inception_weights):
     """--jobs 2 computes what --jobs 1 does (same --threads), also when Ctrl-C stops it in the middle of a training
-    run and the same command is run again: finished stages are reused and the training resumes from its
-    checkpoint. (Each run has its own feature cache: nothing is shared between the two.)"""
+    run and when SIGKILL ends it (and its workers) at three random moments (seeded), each time followed by the same
+    command: finished stages are reused, an interrupted training resumes from its checkpoint, nothing half-written
+    is taken for a result. (Each study has its own feature cache: nothing is shared between the two.)"""
+    import random
     import signal
     import subprocess
     import sys
@@ -112,11 +203,14 @@ def test_parallel_study_interrupted_by_ctrl_c_resumes_to_the_sequential_results(
     seq = reproduce.main(_small(tmp_path / "seq", inception_weights, 1))
     repo = Path(reproduce.__file__).resolve().parent
     par = tmp_path / "par"
-    # SIGINT back to its default in the child: a test run started in the background by a shell inherits SIGINT
-    # ignored (POSIX), and Python keeps an ignored SIGINT ignored, so Ctrl-C would never arrive
-    p = subprocess.Popen([sys.executable, str(repo / "reproduce.py"), *_small(par, inception_weights, 2)],
-                         cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+    def start():  # SIGINT back to its default in the child: a test run started in the background by a shell
+        # inherits SIGINT ignored (POSIX), and Python keeps an ignored SIGINT ignored, so Ctrl-C would never arrive
+        return subprocess.Popen([sys.executable, str(repo / "reproduce.py"), *_small(par, inception_weights, 2)],
+                                cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+    p = start()
     deadline = time.time() + 300
     while not list(par.glob("runs/*/ckpt.pt")) and p.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -125,10 +219,16 @@ def test_parallel_study_interrupted_by_ctrl_c_resumes_to_the_sequential_results(
     assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
     assert not (par / "results.json").exists() and not all((par / "runs" / m / "results.json").exists()
                                                           for m in ("n40-non-private", "n40-dp-eps8"))
+    for delay in random.Random(43).sample(range(2, 16), 3):  # seconds after the start
+        p = start()
+        time.sleep(delay)
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)  # the main process and its workers, with no chance to clean up
+        p.communicate(timeout=60)
     resumed = reproduce.main(_small(par, inception_weights, 2))
     logs = "".join(f.read_text() for f in (par / "logs").glob("*training.log"))
-    assert "resumed from" in logs  # the cut training run continued from its checkpoint
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
+    assert "resumed from" in logs  # a cut training run continued from its checkpoint
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("wall_s", "features")} for r in rows]  # noqa
     assert strip(resumed["rows"]) == strip(seq["rows"]) and len(seq["rows"]) == 2
     assert strip(resumed["reference_rows"]) == strip(seq["reference_rows"])
 
@@ -169,51 +269,48 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys, monkeypatch):
         assert e.value.code == 2 and "--extra-seeds must" in capsys.readouterr().err
 
 
+def _settings(*argv):
+    return reproduce.settings(reproduce.build_parser().parse_args(list(argv)))
+
+
 def test_warm_pair_shares_start_and_budget_each_with_its_scripts_recipe(tmp_path):
-    s = reproduce.settings(reproduce.build_parser().parse_args(["--data-root", str(tmp_path), "--train-sizes",
-                                                                "1000,250"]))
-    plan = {name: (script, argv)
-            for _, name, script, argv in reproduce.model_plan(s, tmp_path, public=tmp_path / "pub")}
-    assert [name for name in plan if name.endswith("-warm")] == [f"n{n}-{m}-warm" for n in (1000, 250)
-                                                                  for m in ("non-private", "dp-eps8")]
-    assert [name for name in plan if "-dp-" in name and not name.endswith("-warm")] == [
+    s = _settings("--data-root", str(tmp_path), "--train-sizes", "1000,250")
+    plan = {m.name: m for m in reproduce.model_plan(s, public=tmp_path / "pub")}
+    assert [name for name, m in plan.items() if m.warm] == [f"n{n}-{m}-warm" for n in (1000, 250)
+                                                            for m in ("non-private", "dp-eps8")]
+    assert [name for name, m in plan.items() if m.kind == "dp" and not m.warm] == [
         f"n{n}-dp-eps{e}" for n in (1000, 250) for e in (8, 1)]  # --epsilons 8,1 from scratch, --warm-epsilons 8
-    s = reproduce.settings(reproduce.build_parser().parse_args(["--data-root", str(tmp_path), "--train-sizes",
-                                                                "1000,250", "--warm-epsilons", "8,1"]))
-    plan = {name: (script, argv)
-            for _, name, script, argv in reproduce.model_plan(s, tmp_path, public=tmp_path / "pub")}
-    (np_script, npv), (dp_script, dp) = plan["n250-non-private-warm"], plan["n250-dp-eps8-warm"]
-    assert (np_script, dp_script, plan["n250-dp-eps1-warm"][0]) == ("train_dcgan", "train_dcgan_dp", "train_dcgan_dp")
-    assert reproduce._value(plan["n250-dp-eps1-warm"][1], "--epsilon", "") == "1"
-    for argv in (npv, dp, plan["n250-dp-eps1-warm"][1]):
-        assert reproduce._value(argv, "--init-from", "") == str(tmp_path / "pub")
-        assert reproduce._value(argv, "--ndf", 0) == reproduce._dp_default("ndf")  # the pretraining's width
-        assert reproduce._value(argv, "--epochs", 0) == 480  # the same budget as every row at N = 250
-    assert "--lr" not in npv and reproduce._value(dp, "--lr", "") == reproduce.WARM[1]
-    quick = reproduce.settings(reproduce.build_parser().parse_args(["--quick"]))  # digits: their DP width
-    plan = {name: argv for _, name, _, argv in reproduce.model_plan(quick, tmp_path, public=tmp_path / "pub")}
-    assert [name for name in plan if name.endswith("-warm")] == ["n100-dp-eps8-warm", "n500-dp-eps8-warm"]
-    assert {reproduce._value(plan[f"n{n}-dp-eps8-warm"], "--ndf", 0) for n in (100, 500)} == {8}
+    s = _settings("--data-root", str(tmp_path), "--train-sizes", "1000,250", "--warm-epsilons", "8,1")
+    plan = {m.name: m for m in reproduce.model_plan(s, public=tmp_path / "pub")}
+    npv, dp, dp1 = plan["n250-non-private-warm"], plan["n250-dp-eps8-warm"], plan["n250-dp-eps1-warm"]
+    assert (npv.script, dp.script, dp1.script) == ("train_dcgan", "train_dcgan_dp", "train_dcgan_dp")
+    assert dp1.flags["--epsilon"] == "1" and dp1.epsilon == 1 and npv.kind == "non-private" and dp.kind == "dp"
+    for m in (npv, dp, dp1):
+        assert m.flags["--init-from"] == tmp_path / "pub"
+        assert m.flags["--ndf"] == reproduce._dp_default("ndf")  # the pretraining's width
+        assert m.flags["--epochs"] == 480  # the same budget as every row at N = 250
+    assert "--lr" not in npv.flags and dp.flags["--lr"] == reproduce.WARM_LR
+    quick = _settings("--quick")  # digits: their DP width
+    plan = {m.name: m for m in reproduce.model_plan(quick, public=tmp_path / "pub")}
+    assert [name for name, m in plan.items() if m.warm] == ["n100-dp-eps8-warm", "n500-dp-eps8-warm"]
+    assert {plan[f"n{n}-dp-eps8-warm"].flags["--ndf"] for n in (100, 500)} == {8}
 
 
 def test_extra_seeds_retrain_the_smallest_non_private_model_only(tmp_path):
     args = ["--data-root", str(tmp_path), "--train-sizes", "1000,250"]
-    plan = {name: argv for _, name, _, argv in
-            reproduce.model_plan(reproduce.settings(reproduce.build_parser().parse_args(args)), tmp_path)}
+    plan = {m.name: m for m in reproduce.model_plan(_settings(*args))}
     assert [n for n in plan if "seed" in n] == ["n250-non-private-seed1", "n250-non-private-seed2"]  # the default
     base, seeded = plan["n250-non-private"], plan["n250-non-private-seed2"]
-    assert reproduce._value(base, "--seed", -1) == 0 and reproduce._value(seeded, "--seed", -1) == 2
-    assert seeded[:len(base) - 2] == base[:-2]  # the same command otherwise (its own --out)
-    quick = reproduce.settings(reproduce.build_parser().parse_args(["--quick"]))
-    assert not any("seed" in name for _, name, _, _ in reproduce.model_plan(quick, tmp_path))
-    none = reproduce.settings(reproduce.build_parser().parse_args(args + ["--extra-seeds", ""]))
-    assert not any("seed" in name for _, name, _, _ in reproduce.model_plan(none, tmp_path))
+    assert (base.flags["--seed"], base.seed, seeded.flags["--seed"], seeded.seed) == (0, 0, 2, 2)
+    assert {k: v for k, v in seeded.flags.items() if k != "--seed"} == {k: v for k, v in base.flags.items()
+                                                                          if k != "--seed"}  # the same otherwise
+    assert not any("seed" in m.name for m in reproduce.model_plan(_settings("--quick")))
+    assert not any("seed" in m.name for m in reproduce.model_plan(_settings(*args, "--extra-seeds", "")))
 
 
 def test_dp_discriminator_shrinks_below_small_n_only(tmp_path):
-    s = reproduce.settings(reproduce.build_parser().parse_args(["--data-root", str(tmp_path), "--train-sizes",
-                                                                "250,1999,2000"]))
-    ndf = {name: reproduce._value(argv, "--ndf", 0) for _, name, _, argv in reproduce.model_plan(s, tmp_path)}
+    s = _settings("--data-root", str(tmp_path), "--train-sizes", "250,1999,2000")
+    ndf = {m.name: m.flags.get("--ndf", 0) for m in reproduce.model_plan(s)}
     assert ndf["n250-dp-eps8"] == ndf["n1999-dp-eps1"] == reproduce.SMALL_NDF != reproduce._dp_default("ndf")
     assert ndf["n2000-dp-eps8"] == ndf["n250-non-private"] == 0  # not given: the script defaults
 
@@ -224,7 +321,7 @@ def test_sample_panels_keep_one_row_per_size_with_blanks(tmp_path):
 
     path = tmp_path / "p.png"
     panel = torch.full((4, 1, 8, 8), 128, dtype=torch.uint8)
-    report.plot_image_panels({"a": panel, "blank": None, "c": panel, "d": panel}, path, "t", ncols=2)
+    plots.plot_image_panels({"a": panel, "blank": None, "c": panel, "d": panel}, path, "t", ncols=2)
     img = matplotlib.image.imread(str(path))[..., :3]
     h, w = img.shape[:2]
 
@@ -246,13 +343,14 @@ def test_frontier_reuses_the_study_and_puts_every_defence_on_it(tmp_path, incept
     out = tmp_path / "study"
     argv = [a for a in _argv(out, inception_weights)] + ["--frontier", "--epsilons", "8,64", "--jobs", "2"]
     argv[argv.index("--train-sizes") + 1] = "40"
-    s = reproduce.settings(reproduce.build_parser().parse_args(argv))
-    study = {name: argv for _, name, _, argv in reproduce.model_plan(s, out)}
-    entries, every = reproduce.frontier_plan(s, out)
-    for _, _, name, _, a in entries:
-        if name in study:
-            assert a == study[name]  # the same stage as the study's: reused when the study ran
-    assert {d for d, *_ in entries} == {"none", "DP-SGD", "memorization rejection", "augmentation", "early stopping"}
+    s = reproduce.settings(reproduce.build_parser().parse_args(argv), epsilons=reproduce.FRONTIER_EPSILONS)
+    study = {m.name: m for m in reproduce.model_plan(s)}
+    models, every = reproduce.frontier_plan(s)
+    for m in models:
+        if m.name in study:
+            assert m.flags == study[m.name].flags  # the same stage as the study's: reused when the study ran
+    assert {m.defence for m in models} == {"none", "DP-SGD", "memorization rejection", "augmentation",
+                                           "early stopping"}
     assert every == 10 * 1 // 2  # 10 epochs x 1 step (40 + 2 x 2 canary copies < 64) / 2 checkpoints
 
     res = reproduce.main(argv)
