@@ -1,10 +1,12 @@
 """The statistics of a privacy audit, on attack scores alone (no models, no data): ROC summaries, the heuristic
-ε bound of a threshold test, the one-run ε lower bound of Steinke, Nasr & Jagielski (2023) on coin-flipped
-candidates, and Secret-Sharer exposure. audit.py computes the scores and calls these; each has a test against a
-hand computation or an independent implementation.
+ε bound of a threshold test, the one-run ε lower bounds on coin-flipped candidates (Steinke, Nasr & Jagielski 2023;
+the f-DP analysis of Mahloujifar, Melis & Chaudhuri 2024) with their ceilings and idealised values, and
+Secret-Sharer exposure. audit.py computes the scores and calls these; each has a test against a hand computation
+or an independent implementation.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -101,7 +103,7 @@ def one_run_epsilon(m: int, r: int, v: int, delta: float, alpha: float, tol: flo
     if r == 0 or one_run_p_value(m, r, v, 0.0, delta) >= alpha:
         return 0.0
     lo, hi = 0.0, 1.0
-    while one_run_p_value(m, r, v, hi, delta) < alpha:  # the p-value grows with eps
+    while one_run_p_value(m, r, v, hi, delta) < alpha and hi < 1e4:  # the p-value grows with eps
         lo, hi = hi, 2 * hi
     while hi - lo > tol:
         mid = (lo + hi) / 2
@@ -109,40 +111,156 @@ def one_run_epsilon(m: int, r: int, v: int, delta: float, alpha: float, tol: flo
     return lo
 
 
-ONE_RUN_FRACTIONS = (1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01)  # guesses r as fractions of m, fixed in advance
+# ----------------------------------------------------------------------------- one-run audit (f-DP: Mahloujifar et al.)
+@functools.lru_cache(maxsize=4096)
+def gaussian_mu(eps: float, delta: float) -> float:
+    """μ of the Gaussian mechanism that is exactly (ε, δ)-DP: sensitivity 1 and noise 1/μ (the analytic Gaussian
+    mechanism of Balle & Wang 2018, dp_accounting.get_sigma_gaussian). Its trade-off curve is μ-GDP's."""
+    from dp_accounting import get_sigma_gaussian
+
+    sigma = get_sigma_gaussian(eps, delta)
+    return math.inf if sigma == 0 else 1.0 / sigma
+
+
+def fdp_falsified(m: int, r: int, v: int, alpha: float, mu: float) -> bool:
+    """Would v or more correct of r one-sided guesses ("in" for the r top-scored of m candidates, each included
+    with probability 1/2) happen with probability below alpha if the run were μ-GDP? The bound of Mahloujifar,
+    Melis & Chaudhuri (2024, "Auditing f-differential privacy in one run", their recursion with the cap at 1):
+    starting from the probability mass alpha v / m on correct and alpha (r - v) / m on wrong guesses, it walks the
+    count of correct guesses down from v, each step raising the wrong mass to what the trade-off curve forces,
+    f^-1(correct mass) = Φ(Φ^-1(mass) - μ), and the correct mass by the share of guesses that step moves; the
+    outcome is impossible at alpha when the total exceeds the fraction r / m of candidates guessed."""
+    from scipy.special import ndtr, ndtri  # Φ and Φ^-1 (scipy.stats.norm's are 50x slower on scalars)
+
+    if r == 0:
+        return False
+    right, wrong = alpha * v / m, alpha * (r - v) / m
+    for i in range(v - 1, -1, -1):
+        forced = max(wrong, float(ndtr(ndtri(right) - mu)) if math.isfinite(mu) else float(right >= 1))
+        if forced == wrong:
+            break  # nothing moves from here on
+        right, wrong = min(right + i / (r - i) * (forced - wrong), 1.0), forced
+    return right + wrong > r / m
+
+
+def one_run_epsilon_fdp(m: int, r: int, v: int, delta: float, alpha: float, tol: float = 1e-4) -> float:
+    """The largest ε such that v of r correct one-sided guesses falsify the Gaussian trade-off curve of (ε, δ)
+    (gaussian_mu) at significance alpha; 0 if even ε = 0 is not falsified."""
+    if not 0 < delta < 1:
+        raise ValueError(f"the f-DP analysis needs 0 < δ < 1 (no Gaussian mechanism is (ε, 0)-DP), got {delta}")
+    if r == 0 or not fdp_falsified(m, r, v, alpha, gaussian_mu(0.0, delta)):
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while fdp_falsified(m, r, v, alpha, gaussian_mu(hi, delta)) and hi < 1e4:  # a larger ε is harder to falsify
+        lo, hi = hi, 2 * hi
+    while hi - lo > tol:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fdp_falsified(m, r, v, alpha, gaussian_mu(mid, delta)) else (lo, mid)
+    return lo
+
+
+ONE_RUN_FRACTIONS = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5)  # guesses r as fractions of m, fixed in advance (r >= 10)
+ANALYSES = {"steinke": one_run_epsilon, "fdp": one_run_epsilon_fdp}
+
+
+def guess_grid(m: int, fractions=ONE_RUN_FRACTIONS) -> list:
+    """The pre-declared guess counts for m candidates: fractions of m, at least 10 guesses each."""
+    return sorted({round(f * m) for f in fractions if round(f * m) >= 10})
+
+
+def _analyses(delta: float) -> dict:
+    """The analyses that apply: the f-DP one needs δ > 0 (no Gaussian mechanism is (ε, 0)-DP)."""
+    return ANALYSES if delta > 0 else {"steinke": one_run_epsilon}
+
+
+def _best(m: int, rows: list, delta: float, a: float) -> dict:
+    """Each analysis' bound for each (r, v) of ``rows`` at per-test level ``a``; the best over both."""
+    analyses = _analyses(delta)
+    for row in rows:
+        row.update({f"epsilon_lb_{k}": fn(m, row["r"], row["v"], delta, a) for k, fn in analyses.items()})
+    best = {k: max((row[f"epsilon_lb_{k}"] for row in rows), default=0.0) for k in analyses}
+    return {"epsilon_lb": max(best.values()), **{f"epsilon_lb_{k}": b for k, b in best.items()}}
+
+
+def idealised_guesses(m: int, r: int, mu: float) -> int:
+    """The expected correct guesses among the r top-scored of m candidates when each candidate's score is N(μ, 1)
+    if included and N(0, 1) if not (coins 1/2): a μ-GDP mechanism audited exactly (rounded down)."""
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    share = r / m
+    t = brentq(lambda x: 0.5 * (norm.sf(x - mu) + norm.sf(x)) - share, -40, 40 + mu)
+    return int(math.floor(r * 0.5 * norm.sf(t - mu) / share + 1e-9))
 
 
 def one_run_audit(scores, included, delta: float, alpha: float = 0.05, seed: int = 0,
-                  fractions=ONE_RUN_FRACTIONS, curve: bool = True) -> dict:
-    """One-run epsilon lower bound from the attack scores of m coin-flipped candidates.
+                  fractions=ONE_RUN_FRACTIONS, claimed_epsilon: float | None = None, curve: bool = True) -> dict:
+    """One-run ε lower bound from the attack scores of m coin-flipped candidates, by both analyses.
 
-    For each pre-declared number of guesses r = f m (f in ``fractions``, r >= 10), guess "in" for the r/2
-    highest scores and "out" for the r/2 lowest (ties broken by a seeded permutation, independent of the
-    coins), abstain on the rest; v = correct guesses. Each r is tested at alpha / len(grid) (Bonferroni), so
-    the reported maximum over the grid holds with probability >= 1 - alpha."""
+    For each pre-declared number of guesses r (guess_grid), guess "in" for the r highest scores (ties broken by a
+    seeded permutation, independent of the coins); v = correct guesses. Two analyses: Steinke, Nasr & Jagielski
+    (2023) and the f-DP analysis of Mahloujifar, Melis & Chaudhuri (2024) for the Gaussian trade-off curve of
+    (ε, δ): the first holds for any (ε, δ)-DP mechanism, the second for one whose trade-off curve is no worse than
+    the Gaussian mechanism's at that (ε, δ), as DP-SGD's is (it composes subsampled Gaussians; with δ = 0 only the
+    first applies). Every (r, analysis) is tested at alpha / (2 |grid|) (Bonferroni), so the reported maximum holds
+    with probability >= 1 - alpha. ``ceiling``: the bounds if all r guesses were right (what m candidates can prove at
+    most); ``idealised``: for a mechanism exactly at the ``claimed_epsilon`` (a Gaussian one, audited with
+    perfectly informative scores): how tight this audit could be."""
     s = np.asarray(scores, np.float64)
     inc = np.asarray(included, bool)
     m = len(s)
-    tie = seeded_perm(m, seed).numpy()
-    order = np.lexsort((tie, -s))  # descending score; ties in a coin-independent order
-    correct_in = np.cumsum(inc[order])  # [k-1]: members among the k top scores
-    correct_out = np.cumsum(~inc[order[::-1]])  # [k-1]: non-members among the k lowest
-    grid = sorted({int(f * m) // 2 * 2 for f in fractions if int(f * m) >= 10}, reverse=True)
-    a = alpha / max(1, len(grid))
-    rows = []
-    for r in grid:
-        k = r // 2
-        v = int(correct_in[k - 1] + correct_out[k - 1])
-        rows.append({"r": r, "v": v, "epsilon_lb": one_run_epsilon(m, r, v, delta, a)})
-    best = max(rows, key=lambda x: x["epsilon_lb"]) if rows else {"r": 0, "v": 0, "epsilon_lb": 0.0}
-    points = []  # for the plot: the bound at alpha (uncorrected) for many r
-    for r in np.unique(np.geomspace(10, max(10, m), 40).astype(int) // 2 * 2) if curve else ():
-        if r <= m:
-            v = int(correct_in[r // 2 - 1] + correct_out[r // 2 - 1])
-            points.append({"r": int(r), "v": v, "epsilon_lb_uncorrected": one_run_epsilon(m, int(r), v, delta, alpha,
-                                                                                          tol=1e-3)})
-    return {"epsilon_lb": best["epsilon_lb"], "r": best["r"], "v": best["v"], "m": m, "included": int(inc.sum()),
-            "delta": delta, "alpha": alpha, "alpha_per_test": a, "grid": rows, "curve": points}
+    order = np.lexsort((seeded_perm(m, seed).numpy(), -s))  # descending score; ties in a coin-independent order
+    members_on_top = np.cumsum(inc[order])  # [r-1]: members among the r top scores
+    grid = guess_grid(m, fractions)
+    a = alpha / max(1, len(_analyses(delta)) * len(grid))
+    rows = [{"r": r, "v": int(members_on_top[r - 1])} for r in grid]
+    out = {**_best(m, rows, delta, a), "m": m, "included": int(inc.sum()), "delta": delta, "alpha": alpha,
+           "alpha_per_test": a, "grid": rows}
+    best = max(rows, key=lambda x: max(x[f"epsilon_lb_{k}"] for k in _analyses(delta)), default={"r": 0, "v": 0})
+    out.update(r=best["r"], v=best["v"])
+    out["ceiling"] = _best(m, [{"r": r, "v": r} for r in grid], delta, a)
+    if claimed_epsilon is not None and math.isfinite(claimed_epsilon) and delta > 0:
+        mu = gaussian_mu(claimed_epsilon, delta)
+        out["idealised"] = {"claimed_epsilon": claimed_epsilon, "mu": mu,
+                            **_best(m, [{"r": r, "v": idealised_guesses(m, r, mu)} for r in grid], delta, a)}
+    curve_fn = _analyses(delta).get("fdp", one_run_epsilon)
+    out["curve"] = [{"r": int(r), "v": int(members_on_top[r - 1]),
+                     "epsilon_lb_uncorrected": curve_fn(m, int(r), int(members_on_top[r - 1]), delta, alpha,
+                                                        tol=1e-3)}
+                    for r in np.unique(np.geomspace(10, max(10, m // 2), 30).astype(int)) if r <= m] if curve else []
+    return out
+
+
+# ----------------------------------------------------------------------------- reference-model attacks
+def lira_offline(target, reference) -> np.ndarray:
+    """Offline LiRA with a global variance (Carlini et al. 2022, their offline attack): each query's logit under the
+    target model against the Gaussian its reference models (none trained on it) fit, z = (φ(x) − μ_out(x)) / σ_out,
+    with σ_out pooled over every query and reference model (one reference model: σ_out = 1, the calibrated
+    difference). The test's p-value 1 − Φ(z) falls as z rises, so z is the membership score. ``target``: (n,)
+    logits, ``reference``: (R, n)."""
+    ref = np.atleast_2d(np.asarray(reference, np.float64))
+    mu = ref.mean(0)
+    sigma = math.sqrt(((ref - mu) ** 2).sum() / (ref.size - ref.shape[1])) if len(ref) > 1 else 1.0
+    return (np.asarray(target, np.float64) - mu) / max(sigma, 1e-12)
+
+
+RMIA_A, RMIA_GAMMA = 0.3, 2.0  # ML Privacy Meter's offline defaults
+
+
+def rmia_offline(target, reference, population_target, population_reference, a: float = RMIA_A,
+                 gamma: float = RMIA_GAMMA) -> np.ndarray:
+    """Offline RMIA (Zarifzadeh, Liu & Shokri 2024): Pr(x|θ) = sigmoid(D(x)), D's probability that x is real;
+    Pr(x) = ((1 + a) mean_r Pr(x|θ_r) + 1 − a) / 2 from the reference models (offline: none trained on x); the
+    score of x is the share of population images z (never trained on) with
+    (Pr(x|θ) / Pr(x)) / (Pr(z|θ) / Pr(z)) >= gamma. Logits as lira_offline's, ``population_*`` likewise."""
+    from scipy.special import expit
+
+    def ratio(t, ref):
+        p_ref = expit(np.atleast_2d(np.asarray(ref, np.float64))).mean(0)
+        return expit(np.asarray(t, np.float64)) / (0.5 * ((1 + a) * p_ref + 1 - a))
+
+    x, z = ratio(target, reference), ratio(population_target, population_reference)
+    return (x[:, None] >= gamma * z[None, :]).mean(1)
 
 
 def exposure(canary_scores, ref_scores) -> np.ndarray:

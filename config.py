@@ -30,7 +30,7 @@ BEFORE = {"dedup_threshold": None, "exclude_from": None, "train_size": None, "co
           "privacy_unit": "image", "attack_photos": 0, "max_photos_per_unit": None, "dp_unit": None}
 # fields that name a file or folder: compared as what they name, however spelled
 PATHS = frozenset({"data_root", "exclude_from", "init_from", "identity_file", "gen", "run", "train_of",
-                   "reference_of", "reference_run", "inception_weights", "checkpoint"})
+                   "reference_of", "inception_weights", "checkpoint"})
 
 
 class Config(argparse.Namespace):
@@ -65,6 +65,8 @@ def normal(key: str, value):
         return None
     if key in PATHS:
         return resolved(value)
+    if key == "reference_runs":  # a comma-separated list of run folders
+        return ",".join(resolved(v) for v in str(value).split(","))
     if key in ("data", "real") and str(value).startswith("folder:"):
         return "folder:" + resolved(str(value)[len("folder:"):])
     if key == "real" and str(value).endswith(".npz"):

@@ -54,6 +54,7 @@ class DUpdate(Protocol):
     def describe(self): ...  # config.json's privacy settings
     def summary(self) -> str: ...
     def results(self) -> dict: ...
+    def write_artefacts(self, out, D) -> None: ...  # files of the strategy's own (gradient canaries)
 
 
 class NonPrivate:
@@ -108,6 +109,9 @@ class NonPrivate:
     def results(self):
         return {}
 
+    def write_artefacts(self, out, D):
+        pass
+
 
 # ----------------------------------------------------------------------------- DP-SGD backends
 class GhostBackend:
@@ -126,7 +130,8 @@ class GhostBackend:
         except ValueError as e:
             raise UserError(f"--grad-sample-mode ghost: {e}; use --grad-sample-mode hooks") from None
         world = dist_world()[1]
-        optD = dp_optimizer(optD, noise_multiplier=noise_multiplier, max_grad_norm=a.max_grad_norm,
+        optD = dp_optimizer(optD, noise_multiplier=noise_multiplier,  # the noise's std is σ x its max_grad_norm:
+                            max_grad_norm=a.max_grad_norm * PLANTED_NOISE_FACTOR,  # the clipper clips to C itself
                             expected_batch_size=int(n_train * sample_rate) / world, distributed=world > 1,
                             generator=engine.secure_rng if a.secure_rng else None, secure_mode=a.secure_rng)
         return D, optD
@@ -277,6 +282,49 @@ def noise_for_epsilon(target: float, delta: float, sample_rate: float, steps: in
     return sigma_high
 
 
+# ----------------------------------------------------------------------------- white-box DP audit
+# Tests only: < 1 makes the optimizer add this fraction of the noise while the accountant counts all of it (a
+# planted bug the gradient-canary audit must catch). Never changed outside tests.
+PLANTED_NOISE_FACTOR = 1.0
+
+
+class GradientCanaries:
+    """The white-box DP audit's gradient canaries (Nasr et al. 2023; Steinke, Nasr & Jagielski 2023): ``m`` units
+    of the training set that are gradients, each with its own seeded coin. A heads canary is in the dataset: it is
+    Poisson-sampled with the real units, by the same draw (DPSGD.batches), and when sampled its gradient enters
+    the clipped sum before the noise as a sampled unit's does: C e_j, Dirac canaries of norm C, each on a
+    coordinate of its own in a block of m coordinates that the optimizer noises and updates with D's parameters
+    and that D's loss never touches. So a canary's coordinate sees exactly C per sampled step plus the run's
+    noise: the audit measures the mechanism itself (Poisson sampling, the clipped sum, the noise, the
+    accounting) free of D's own gradients, whose projections on directions in D's parameters would drown a
+    canary in a network this small. The auditor's scores: every noisy update's value on each coordinate, summed
+    over the steps (the every-iterate threat model, the one DP-SGD's guarantee covers), and the block's final
+    value (what the final model shows). The block is no part of D; its values and scores are in the checkpoint."""
+
+    def __init__(self, m: int, clip: float, seed: int, state: dict | None = None):
+        self.m, self.clip = m, clip
+        self.coins = torch.rand(m, generator=torch.Generator().manual_seed(seed)) < 0.5
+        self.block = torch.nn.Parameter(state["block"].clone() if state else torch.zeros(m))
+        self.iterate_scores = state["iterate_scores"].clone() if state else torch.zeros(m, dtype=torch.float64)
+        self.sampled = torch.zeros(m, dtype=torch.bool)  # the heads canaries of the current batch
+
+    def draw(self, uniform: torch.Tensor, q: float) -> None:
+        """The canaries' part of a Poisson draw (``uniform``: their m uniform numbers)."""
+        self.sampled = self.coins & (uniform < q)
+
+    def inject(self, last: bool = True) -> None:
+        """The block's clipped sum: C at each sampled heads canary, zeros elsewhere, added with the last chunk of a
+        step (zeros with the others: the optimizer sums a step's chunks)."""
+        self.block.grad = self.sampled.to(self.block.dtype) * (self.clip if last else 0.0)
+
+    def observe(self) -> None:
+        """The released noisy update on the block (the optimizer's step hook)."""
+        self.iterate_scores += self.block.grad.detach().double()
+
+    def state_dict(self) -> dict:
+        return {"block": self.block.detach().clone(), "iterate_scores": self.iterate_scores}
+
+
 # ----------------------------------------------------------------------------- DP-SGD
 class DPSGD:
     """DP-SGD on D: a backend for the clipped sums, Opacus' optimizer for the noise, and the ε ledger."""
@@ -286,7 +334,7 @@ class DPSGD:
 
     def __init__(self, args):
         self.args = args
-        self.engine = None
+        self.engine, self.canaries = None, None
         self.unit = getattr(args, "dp_unit", None) or args.privacy_unit  # what is sampled, clipped and accounted
         self.backend = GhostBackend(args) if args.grad_sample_mode == "ghost" else OpacusBackend(args)
 
@@ -322,6 +370,12 @@ class DPSGD:
                                                  or not args.poisson):
             raise UserError("--privacy-unit identity clips each person's summed gradient in ghost mode only: drop "
                             "--grad-sample-mode, --max-physical-batch-size and --no-poisson")
+        if args.audit_gradient_canaries < 0:
+            raise UserError(f"--audit-gradient-canaries must be >= 0 (0: none), got {args.audit_gradient_canaries}")
+        if args.audit_gradient_canaries and (args.grad_sample_mode != "ghost" or not args.poisson
+                                             or dist_world()[1] > 1):
+            raise UserError("--audit-gradient-canaries needs Poisson sampling and --grad-sample-mode ghost in one "
+                            "process (the canaries join the Poisson draw and the clipped sum the ghost clipper leaves)")
         if args.clipping != "flat" and args.grad_sample_mode != "ghost":
             raise UserError(f"--clipping {args.clipping} needs --grad-sample-mode ghost (the Opacus modes clip flat); "
                             "drop --grad-sample-mode or use --clipping flat")
@@ -377,10 +431,16 @@ class DPSGD:
             except ImportError:
                 raise UserError("--secure-rng needs the torchcsprng package (pip install torchcsprng; it must "
                                 "match your torch version), or drop --secure-rng") from None
+            if a.audit_gradient_canaries:  # their block is noised and updated with D's parameters (ghost mode only)
+                self.canaries = GradientCanaries(a.audit_gradient_canaries, a.max_grad_norm, a.seed + 7727,
+                                                 (state or {}).get("canaries"))
+                optD.add_param_group({"params": [self.canaries.block]})
             D, optD = self.backend.wrap(D, optD, noise_multiplier=self.noise_multiplier, n_train=n_train,
                                         batch_size=batch_size, sample_rate=self.sample_rate, engine=self.engine)
         if a.grad_sample_mode == "ghost":
-            optD.attach_step_hook(self.engine.accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate))
+            account = self.engine.accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate)
+            observe = self.canaries.observe if self.canaries is not None else lambda: None
+            optD.attach_step_hook(lambda opt: (account(opt), observe()))
         assert abs(optD.expected_batch_size * dist_world()[1] - int(n_train * self.sample_rate)) < 1  # per-rank share
         if state is not None:
             self.engine.accountant.load_state_dict(state["accountant"])
@@ -414,14 +474,21 @@ class DPSGD:
             return
         if self.engine.secure_rng is not None:
             gen = self.engine.secure_rng  # cryptographically secure sampling; not reproducible
+        c = self.canaries.m if self.canaries is not None else 0  # gradient canaries are units of the draw too
         if self.unit_of is None:
             for _ in range(steps):
-                yield torch.nonzero(torch.rand(n, generator=gen) < self.sample_rate).flatten()
+                draw = torch.rand(n + c, generator=gen)
+                if c:
+                    self.canaries.draw(draw[n:], self.sample_rate)
+                yield torch.nonzero(draw[:n] < self.sample_rate).flatten()
             return
         unit_of, m = self.unit_of, self.args.max_photos_per_unit  # people: each joins with probability q
         people = int(unit_of.max()) + 1 if len(unit_of) else 0
         for _ in range(steps):
-            rows = torch.nonzero((torch.rand(people, generator=gen) < self.sample_rate)[unit_of])
+            draw = torch.rand(people + c, generator=gen)
+            if c:
+                self.canaries.draw(draw[people:], self.sample_rate)
+            rows = torch.nonzero((draw[:people] < self.sample_rate)[unit_of])
             rows = rows.flatten()
             if m is not None and len(rows):  # at most m photos per person: a random subset, drawn anew each step
                 key = unit_of[rows].double() + torch.rand(len(rows), generator=gen, dtype=torch.float64)
@@ -449,6 +516,7 @@ class DPSGD:
         b = len(real)
         if not b:
             self.empty_batch(D)
+            self._inject_canaries(last=True)
             optD.step()
             return (float("nan"),) * 3
         chunk = self.args.max_physical_batch_size or b
@@ -459,10 +527,24 @@ class DPSGD:
             sums += torch.tensor(stats) * len(real[i:i + chunk])
             last = i + chunk >= b
             optD.signal_skip_step(do_skip=not last)  # accumulate clipped sums; noise once, at the end
+            self._inject_canaries(last)
             optD.step()
             if not last:
                 optD.zero_grad(set_to_none=True)
         return tuple((sums / b).tolist())
+
+    def _inject_canaries(self, last: bool) -> None:
+        if self.canaries is not None:
+            self.canaries.inject(last)
+
+    def write_artefacts(self, out, D) -> None:
+        """gradient_canaries.npz: the canaries' coins and both threat models' scores (audit.py reads it)."""
+        if self.canaries is not None:
+            from utils import atomic_savez
+
+            c = self.canaries
+            atomic_savez(out / "gradient_canaries.npz", coins=c.coins.numpy(), iterate=c.iterate_scores.numpy(),
+                         final=-c.block.detach().double().numpy())  # the optimizer descends: members go down
 
     # ------------------------------------------------------------------ ledger
     def steps_taken(self) -> int:
@@ -484,7 +566,8 @@ class DPSGD:
 
     def state_dict(self):
         return {"accountant": dict(self.engine.accountant.state_dict()), "noise_multiplier": self.noise_multiplier,
-                "sample_rate": self.sample_rate, "refresh_every": self.refresh_every}
+                "sample_rate": self.sample_rate, "refresh_every": self.refresh_every,
+                **({"canaries": self.canaries.state_dict()} if self.canaries is not None else {})}
 
     def describe(self):
         a = self.args
@@ -515,6 +598,9 @@ class DPSGD:
                "dp_steps": steps, "accountant": self.args.accountant, "max_grad_norm": self.args.max_grad_norm,
                "target_epsilon": self.args.epsilon, "poisson_sampling": self.args.poisson,
                "privacy_unit": self.unit}
+        if self.canaries is not None:
+            out["gradient_canaries"] = {"m": self.canaries.m, "heads": int(self.canaries.coins.sum()),
+                                        "norm": self.canaries.clip, "file": "gradient_canaries.npz"}
         # the run's ε, and the same ledger under both accountants for transparency: each evaluation is bounded in
         # memory (a grid too large for PRV is skipped, never allocated), so a finished run always gets its results
         for key, acc in (("epsilon", self.args.accountant), ("epsilon_rdp", "rdp"), ("epsilon_prv", "prv")):

@@ -133,18 +133,28 @@ def row(m: Model, train_res, ev, au) -> dict:
                                                       "audit": au.get("wall_s") if au else None}}
     r.update(eval_columns(ev))
     if au:
+        from audit import strongest
+
         att, copies = au["attacks"], au.get("copies") or {}
-        wb, bb = att["white_box"], att.get("black_box_calibrated", att["black_box"])
+        wb, bb = strongest(att, "white_box"), strongest(att, "black_box")
         exposures = [e["max"] for a in att.values() for e in a.get("exposure", {}).values()]
         one_run = {k: a["one_run"] for k, a in att.items() if a.get("one_run")}
-        r.update({"mia_auc_white": wb["auc"], "mia_tpr_1pct_white": wb["tpr_at_fpr"]["0.01"],
-                  "mia_auc_black": bb["auc"], "mia_tpr_1pct_black": bb["tpr_at_fpr"]["0.01"],
-                  "mia_auc_black_raw": att["black_box"]["auc"],
+        r.update({"mia_white_attack": wb, "mia_auc_white": att[wb]["auc"],
+                  "mia_tpr_1pct_white": att[wb]["tpr_at_fpr"]["0.01"],
+                  "mia_tpr_01pct_white": att[wb]["tpr_at_fpr"]["0.001"],
+                  "mia_auc_white_raw": att["white_box"]["auc"],
+                  "mia_tpr_1pct_white_raw": att["white_box"]["tpr_at_fpr"]["0.01"],
+                  "mia_black_attack": bb, "mia_auc_black": att[bb]["auc"],
+                  "mia_tpr_1pct_black": att[bb]["tpr_at_fpr"]["0.01"], "mia_auc_black_raw": att["black_box"]["auc"],
                   "copying_rate": copies.get("copying_rate"), "copying_p": copies.get("p_value"),
                   "max_exposure": max(exposures) if exposures else None,
                   "epsilon_lb_heuristic": max(a["epsilon_lower_bound"]["epsilon_lb"] for a in att.values()),
                   "epsilon_lb_one_run": au.get("one_run_epsilon_lb"),  # max over attacks, valid at alpha
-                  "one_run": {k: {f: o[f] for f in ("epsilon_lb", "r", "v", "m", "delta", "alpha")}
+                  "epsilon_lb_ceiling": max((o["ceiling"]["epsilon_lb"] for o in one_run.values()), default=None),
+                  "one_run": {k: {**{f: o[f] for f in ("epsilon_lb", "epsilon_lb_fdp", "epsilon_lb_steinke", "r", "v",
+                                                       "m", "delta", "alpha")},
+                                  "ceiling": o["ceiling"]["epsilon_lb"],
+                                  "idealised": (o.get("idealised") or {}).get("epsilon_lb")}
                               for k, o in one_run.items()}})
     return r
 
@@ -161,10 +171,14 @@ COLUMNS = [("N", "size", "d"), ("model", "model", None), ("train images", "n_tra
            ("epochs", "epochs", "d"), ("D / G steps", "steps", "dg"), ("FID train", "fid_train", ".1f"),
            ("FID held-out", "fid_heldout", ".1f"), ("MiFID", "mifid", ".1f"), ("d", "memorization_d", ".3f"),
            ("d < 0.1", "frac_below_eps", ".1%"), ("precision", "precision", ".2f"), ("recall", "recall", ".2f"),
+           ("white-box attack (strongest)", "mia_white_attack", None),
            ("AUC white-box", "mia_auc_white", ".3f"), ("TPR@1%FPR white-box", "mia_tpr_1pct_white", ".3f"),
-           ("AUC black-box", "mia_auc_black", ".3f"), ("copying rate, pixel (p)", "copying_rate", "copy"),
+           ("TPR@0.1%FPR white-box", "mia_tpr_01pct_white", ".3f"),
+           ("AUC raw logit", "mia_auc_white_raw", ".3f"), ("TPR@1%FPR raw logit", "mia_tpr_1pct_white_raw", ".3f"),
+           ("AUC black-box (strongest)", "mia_auc_black", ".3f"), ("copying rate, pixel (p)", "copying_rate", "copy"),
            ("max exposure (bits)", "max_exposure", ".1f"),
-           ("ε_lb one-run", "epsilon_lb_one_run", ".2f"), ("ε_lb heuristic", "epsilon_lb_heuristic", ".2f")]
+           ("ε_lb one-run", "epsilon_lb_one_run", ".2f"), ("ε_lb ceiling", "epsilon_lb_ceiling", ".2f"),
+           ("ε_lb heuristic", "epsilon_lb_heuristic", ".2f")]
 
 
 def _cell(r, key, fmt):
@@ -210,7 +224,10 @@ def render_markdown(res: dict, table, argv: list) -> str:
     md += [
           "## Headline", "", headline_table(table, s["seed"]), "",
           "The table the README shows: every model of the main seed and the real-data reference at each N. "
-          "White-box AUC: D's logit as the membership score; TPR at 1% FPR; ε_lb: the one-run lower bound (95%); "
+          "White-box AUC and TPR at 1% FPR: the strongest white-box attack of the row (D's raw logit; averaged over "
+          "the training augmentations; LiRA or RMIA with the study's reference models: the full table names it and "
+          "gives the raw logit's too); ε_lb: the one-run lower bound (95%, the larger of the f-DP and Steinke et al. "
+          "analyses, Bonferroni over both and every attack); "
           "copy test: the share of samples nearer a training image than every held-out one in pixel space (50% "
           "without copying) and its permutation p-value. The full table follows.", "",
           "## Every row", "", markdown_table(table), "",
@@ -220,8 +237,9 @@ def render_markdown(res: dict, table, argv: list) -> str:
           f"{s['canary_repeats']}. FID/MiFID/precision/recall on Inception-v3 pool3 features of "
           f"{res['rows'][0]['n_gen']} generated images against the run's own training set; MiFID ε_mem = 0.1, "
           "Kaggle direction. Real-data rows: held-out (val) images scored like samples. ε is the spent budget "
-          "(PRV accountant); ε_lb one-run: Steinke et al. (2023), 95% confidence; the black-box AUC is the "
-          "calibrated attack; copying rate: samples nearer a member than every non-member in pixel space (50% without "
+          "(PRV accountant); ε_lb one-run: 95% confidence, and its ceiling (the bound if every pre-declared guess "
+          "were right: the most these candidates can prove); the black-box AUC is the strongest black-box attack; "
+          "copying rate: samples nearer a member than every non-member in pixel space (50% without "
           "copying), with its permutation p-value."
           + (" `-warm` rows start from the public pretraining (the DP fine-tune at lr "
              f"{s['warm_lr']}); 'public pretraining only' scores that start against N's training set, which it never "
@@ -245,7 +263,7 @@ def render_markdown(res: dict, table, argv: list) -> str:
 HEADLINE_COLUMNS = [("N", "size", "d"), ("model", "model", None), ("ε", "epsilon", ".2f"), ("FID", "fid_train", ".1f"),
                     ("precision", "precision", ".2f"), ("white-box AUC", "mia_auc_white", ".3f"),
                     ("TPR@1%FPR", "mia_tpr_1pct_white", ".3f"), ("ε_lb one run", "epsilon_lb_one_run", ".2f"),
-                    ("copy test (p)", "copying_rate", "copy")]
+                    ("copy test (p)", "copying_rate", "copy")]  # white-box: the strongest attack of each row
 
 
 def headline_table(table, seed: int) -> str:
@@ -512,9 +530,9 @@ def frontier_report(s: dict, layout: Layout, models: list, n: int, t0: float) ->
 IDENTITY_COLUMNS = [("model", "model", None), ("DP unit", "dp_unit", None), ("ε", "epsilon", ".2f"),
                     ("ε for a person (bound)", "person_bound", None), ("people / photos trained", "trained", None),
                     ("image AUC white-box", "image_auc_white", ".3f"),
-                    ("image AUC white-box calibrated", "image_auc_white_cal", ".3f"),
+                    ("image AUC white-box LiRA", "image_auc_white_cal", ".3f"),
                     ("identity AUC white-box", "id_auc_white", ".3f"),
-                    ("identity AUC white-box calibrated", "id_auc_white_cal", ".3f"),
+                    ("identity AUC white-box LiRA", "id_auc_white_cal", ".3f"),
                     ("identity AUC black-box calibrated", "id_auc_black_cal", ".3f"),
                     ("identity TPR@1%FPR (best attack)", "id_tpr_1pct", ".3f"),
                     ("identity AUC, control (reference model)", "id_auc_control", ".3f"),
@@ -538,9 +556,9 @@ def identity_row(name: str, run: Path) -> dict:
     return {"model": name, "dp_unit": unit or "—", "epsilon": eps, "delta": res.get("delta"),
             "person_bound": bound, "photos_per_person_max": photos,
             "trained": f"{cfg['identities']['identities']} / {cfg['n_train']}",
-            "image_auc_white": get(att, "white_box"), "image_auc_white_cal": get(att, "white_box_calibrated"),
+            "image_auc_white": get(att, "white_box"), "image_auc_white_cal": get(att, "white_box_lira"),
             "image_auc_black_cal": get(att, "black_box_calibrated"),
-            "id_auc_white": get(idn, "white_box"), "id_auc_white_cal": get(idn, "white_box_calibrated"),
+            "id_auc_white": get(idn, "white_box"), "id_auc_white_cal": get(idn, "white_box_lira"),
             "id_auc_black_cal": get(idn, "black_box_calibrated"), "id_tpr_1pct": best["tpr_at_fpr"]["0.01"],
             "id_epsilon_lb": au["identity"]["one_run_epsilon_lb"], "id_people": au["identity"]["people"],
             "id_auc_control": au["identity"].get("control_reference_model_auc"),
@@ -550,7 +568,7 @@ def identity_row(name: str, run: Path) -> dict:
 
 def identity_report(s: dict, layout: Layout, models: list, reference: Model | None, t0: float) -> dict:
     """identity.md and identity.json: each model's guarantee for a person and its image- and identity-level
-    audits; ``models``: the study's Models, ``reference``: the reference model of the calibrated attack."""
+    audits; ``models``: the study's Models, ``reference``: the reference model of the LiRA attack."""
     from data import load_npz
     from plots import plot_image_panels
     from utils import pick_device, versions, write_json
@@ -573,7 +591,7 @@ def identity_report(s: dict, layout: Layout, models: list, reference: Model | No
           markdown_table(rows, IDENTITY_COLUMNS), "", "Commands:", ""]
     md += [f"- {name}: `{c}`" for name, c in result["commands"].items()]
     if reference is not None:
-        md.append(f"- reference model of the calibrated white-box attack: `{result['reference_run']}`")
+        md.append(f"- reference model of the white-box LiRA attack: `{result['reference_run']}`")
     atomic_write_text(layout.file("identity.md"), "\n".join(md) + "\n")
     print(markdown_table(rows, IDENTITY_COLUMNS))
     print(f"wrote {layout.file('identity.md')}, identity.json, identity_samples.png ({(time.time() - t0) / 60:.1f} "

@@ -74,7 +74,7 @@ PRESETS = {
     # non-members; the official split is identity-disjoint). Sized for a 2-core CPU.
     "full": {"data": "celeba", "train_sizes": "250,1000,2300", "budget": 120_000, "num_samples": 1000,
              "max_real": None, "canaries": 5, "canary_repeats": "1,4", "epsilons": "8,1", "warm_epsilons": "8",
-             "extra_seeds": "1,2", "warm": True, "warm_non_private": True},
+             "extra_seeds": "1,2", "warm": True, "warm_non_private": True, "references": 2},
     # Digits, sized to take under 10 minutes on 2 CPU cores (docs/reproduce.md) and still show the story: at
     # N = 100 the non-private model memorizes (budget 42,000: white-box AUC 0.97; 30,000 gave 0.82), DP removes
     # it, and the DP model fine-tuned from the public pretraining draws digits (from scratch, DP at N = 100 draws
@@ -83,7 +83,7 @@ PRESETS = {
     # here they cost a sixth of the compute, so they are opt-in (--warm-non-private).
     "quick": {"data": "digits", "train_sizes": "100,500", "budget": 42_000, "num_samples": 400,
               "max_real": None, "canaries": 2, "canary_repeats": "1,4", "epsilons": "8", "warm_epsilons": "8",
-              "extra_seeds": "", "warm": True, "warm_non_private": False},
+              "extra_seeds": "", "warm": True, "warm_non_private": False, "references": 2},
 }
 
 
@@ -139,6 +139,10 @@ def build_parser():
     p.add_argument("--max-real", type=int, default=None, help="cap on real train/held-out images in evaluation")
     p.add_argument("--canaries", type=int, default=None, help="canaries per repeat count (0: no exposure audit)")
     p.add_argument("--canary-repeats", default=None, help="comma-separated repeat counts")
+    p.add_argument("--references", type=int, default=None, metavar="R",
+                   help="reference models per N (the non-private recipe on N public images: none of the candidates, "
+                        "canaries or held-out images) for the audits' LiRA, RMIA and calibrated black-box attacks "
+                        "(full and quick: 2; 0: none)")
     p.add_argument("--seed", type=int, default=0, help="training seed of every model")
     p.add_argument("--extra-seeds", default=None, metavar="SEEDS",
                    help="comma-separated further training seeds of the smallest N's non-private model, the "
@@ -191,6 +195,8 @@ def settings(args, **defaults) -> dict:
     s["size_list"] = [int(n) for n in _numbers(s["train_sizes"], "--train-sizes", int)]
     if s["budget"] <= 0:
         raise UserError(f"--budget must be positive, got {s['budget']}")
+    if s["references"] < 0:
+        raise UserError(f"--references must be >= 0, got {s['references']}")
     try:
         s["extra_seed_list"] = [int(v) for v in str(s["extra_seeds"]).split(",") if v.strip()]
     except ValueError:
@@ -284,19 +290,49 @@ def model_plan(s: dict, public: Path | None = None) -> list:
     return plan
 
 
+def digits_public(s: dict) -> tuple:
+    """(M, images left): on the digits, the public data is the train split after the first M = 2 x the largest N
+    images of the subset order, every coin candidate of the study."""
+    from data import load_images
+
+    skip = 2 * max(s["size_list"])
+    left = len(load_images("digits", image_size=32, channels=1).splits["train"]) - skip
+    if left < 2:
+        raise UserError(f"--train-sizes: the largest N's {skip} coin candidates leave no digits for public data (the "
+                        "pretraining, the reference models); lower the largest N")
+    return skip, left
+
+
+def reference_models(s: dict, n: int) -> list:
+    """The --references models at N: the non-private recipe with the study's budget on N public images (CelebA:
+    --public-root minus every photo and person of --data-root, a seeded subset each; digits: the N after the coin
+    candidates, at most as many as are left), so none of them saw a candidate, canary or held-out image. The
+    audits' LiRA, RMIA and calibrated black-box attacks at N compare each model with them."""
+    if not s["references"]:
+        return []
+    base = {**common_flags(s), "--num-samples": 0, "--epochs": max(1, round(s["budget"] / n))}
+    if s["data"] == "digits":
+        skip, left = digits_public(s)
+        base.update({"--skip-subset": skip, "--train-size": min(n, left)})
+    elif not s["public_root"]:
+        raise UserError("reference models train on public data: pass --public-root (or set $CELEBA_10K_ROOT), or "
+                        "--references 0")
+    else:
+        base.update({"--data-root": s["public_root"], "--random-split": None, "--exclude-from": s["data_root"],
+                     "--train-size": n})
+    return [Model(f"n{n}-refmodel{r + 1}", n, "reference model", "train_dcgan",
+                  {**base, "--seed": s["seed"] + 101 + r, **({} if s["data"] == "digits" else
+                                                              {"--subset-seed": 101 + r})}, s["seed"] + 101 + r)
+            for r in range(s["references"])]
+
+
 def public_pretraining(s: dict, layout: Layout, ndf: int) -> Model:
     """A non-private run on public data. CelebA: --public-root minus every file name of --data-root, shared by the
     studies (it lives beside their folders, so reproduce.py and reproduce.py --levers train it once). Digits, which
     have no separate public set: the train split minus every coin candidate of the study (--skip-subset 2 x the
     largest N), with the budget of a study model."""
     if s["data"] == "digits":
-        from data import load_images
-
-        skip = 2 * max(s["size_list"])
-        n_public = len(load_images("digits", image_size=32, channels=1).splits["train"]) - skip
-        if n_public < 2:
-            raise UserError(f"--train-sizes: the largest N's {skip} coin candidates leave no digits for the public "
-                            "pretraining; lower the largest N")
+        skip, n_public = digits_public(s)
         flags = {**common_flags(s), "--ndf": ndf, "--skip-subset": skip,
                  "--epochs": max(1, round(s["budget"] / n_public))}
         cost = 1.0
@@ -347,13 +383,19 @@ def audit_stage(label: str, run: Path, out: Path, s: dict, deps, **extra) -> Sta
     return Stage(label, "audit", SCRIPTS["audit"], argv, out, "audit.json", tuple(deps), 0.2)
 
 
-def model_stages(m: Model, layout: Layout, s: dict, first_eval: Stage | None, deps=()) -> list:
+def model_stages(m: Model, layout: Layout, s: dict, first_eval: Stage | None, deps=(), refs=()) -> list:
     """A model's training, evaluation (after ``first_eval``, which computes the real images' features they share)
-    and audit."""
+    and audit (against the reference models' training stages ``refs``)."""
     train = training_stage(m, layout, deps)
     ev = eval_stage(m.name, layout.run(m.name), layout.eval(m.name), s,
                     (train,) + ((first_eval,) if first_eval is not None else ()))
-    return [train, ev, audit_stage(m.name, layout.run(m.name), layout.audit(m.name), s, (train,))]
+    extra = {"--reference-runs": ",".join(str(r.out) for r in refs)} if refs else {}
+    return [train, ev, audit_stage(m.name, layout.run(m.name), layout.audit(m.name), s, (train, *refs), **extra)]
+
+
+def reference_stages(s: dict, layout: Layout, sizes) -> dict:
+    """{N: the training stages of N's reference models}."""
+    return {n: [training_stage(r, layout) for r in reference_models(s, n)] for n in sorted(set(sizes))}
 
 
 def study_stages(s: dict, layout: Layout, plan: list, public: Model | None) -> list:
@@ -365,9 +407,11 @@ def study_stages(s: dict, layout: Layout, plan: list, public: Model | None) -> l
     if public is not None and (main or any(m.warm for m in plan)):
         pub = training_stage(public, layout)
         stages.append(pub)
+    refs = reference_stages(s, layout, [m.size for m in plan])
+    stages += [r for rs in refs.values() for r in rs]
     first = {}
     for m in sorted(plan, key=lambda m: m is not main.get(m.size)):  # each N's main non-private model first
-        train, ev, aud = model_stages(m, layout, s, first.get(m.size), (pub,) if m.warm else ())
+        train, ev, aud = model_stages(m, layout, s, first.get(m.size), (pub,) if m.warm else (), refs[m.size])
         stages += [train, ev, aud]
         if m is main.get(m.size):
             first[m.size] = ev
@@ -432,7 +476,8 @@ def reproduce(args, argv: list) -> dict:
         plan = [m for m in plan if m.name in names]
     print_settings(f"reproduce ({'quick' if args.quick else 'full'} preset) -> {layout.out}", s, (
         "data", "data_root", "train_sizes", "budget", "epsilons", "delta", "warm", "warm_epsilons", "warm_non_private",
-        "num_samples", "max_real", "canaries", "canary_repeats", "seed", "extra_seeds", "jobs", "threads"))
+        "references", "num_samples", "max_real", "canaries", "canary_repeats", "seed", "extra_seeds", "jobs",
+        "threads"))
     stages = study_stages(s, layout, plan, public)
     print(f"  {len(stages)} stages; each stage's output in {layout.logs}/")
     outcome = run_study_stages(stages, s, layout, args)
@@ -480,9 +525,10 @@ def frontier(args) -> dict:
                    s, ("data", "data_root", "budget", "epsilons", "num_samples", "jobs", "threads"))
     print(f"  memorization rejection at quantiles {', '.join(map(str, MR_QUANTILES))}; augmentation "
           f"{' | '.join(AUGMENTATIONS)}; snapshots every {every} D steps")
-    first, stages = None, []
+    refs = reference_stages(s, layout, [n])[n]
+    first, stages = None, list(refs)
     for m in models:  # the non-private model first: its evaluation computes the real features the others share
-        train, ev, aud = model_stages(m, layout, s, first)
+        train, ev, aud = model_stages(m, layout, s, first, refs=refs)
         stages += [train, ev, aud]
         if first is None:
             first = ev
@@ -492,9 +538,10 @@ def frontier(args) -> dict:
             argv = argv_of({"--run": layout.run(m.name), "--over-training": True, "--fid-samples": s["num_samples"],
                             "--device": s["device"], "--threads": s["threads"], "--seed": s["seed"],
                             "--cache-dir": s["cache_dir"], "--out": over, "--max-real": s["max_real"] or None,
-                            "--inception-weights": s["inception_weights"] or None})
+                            "--inception-weights": s["inception_weights"] or None,
+                            "--reference-runs": ",".join(str(r.out) for r in refs) or None})
             stages.append(Stage(m.name, "audit over training", SCRIPTS["audit"], argv, over, "over_training.json",
-                                (train, first), cost=0.3 * CHECKPOINTS))
+                                (train, first, *refs), cost=0.3 * CHECKPOINTS))
     print(f"  {len(stages)} stages; each stage's output in {layout.logs}/")
     outcome = run_study_stages(stages, s, layout, args)
     if args.dry_run:
@@ -545,7 +592,7 @@ def identity(args) -> dict:
         stages.append(ref)
     for m in models:
         train = training_stage(m, layout)
-        extra = {"--reference-run": layout.run(reference.name)} if reference is not None else {}
+        extra = {"--reference-runs": layout.run(reference.name)} if reference is not None else {}
         stages += [train, audit_stage(m.name, layout.run(m.name), layout.audit(m.name), s,
                                       (train,) + ((ref,) if ref is not None else ()), **extra)]
     outcome = run_study_stages(stages, s, layout, args)

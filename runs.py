@@ -438,9 +438,11 @@ def finish(run: Run, args, state, privacy, td, model_cfg: dict, log: RunLog, wal
                                                                 run.device, seed=args.seed + 1))
         elif (run.out / "samples.npz").is_file():  # a resumed run asked for none: no samples of another model
             (run.out / "samples.npz").unlink()
+        privacy.write_artefacts(run.out, state.raw_D)
         plot_losses(log.path, run.out / "loss_curve.png")
         # what the run released, by content: results.json (written last) identifies the finished run
-        results["artefacts_sha256"] = {f: sha256_file(run.out / f) for f in ("ckpt.pt", "generator.pt", "samples.npz")
+        results["artefacts_sha256"] = {f: sha256_file(run.out / f) for f in ("ckpt.pt", "generator.pt", "samples.npz",
+                                                                             "gradient_canaries.npz")
                                        if (run.out / f).is_file()}
         write_json(run.out / "results.json", results)
         print(f"done: {state.step} D steps, {state.g_steps} G steps in {elapsed:.1f}s ({results['images_per_s']} "

@@ -6,7 +6,7 @@ into one folder (a training: its run folder). Before a stage runs, its key is co
   args    the script's parsed arguments (a training's frozen Config, the DP recipe's defaults included) minus the
           result-neutral ones (config.NEUTRAL: device, threads, cache, bars, --out), paths resolved;
   inputs  the content of what it reads: a run folder it names (--init-from, --gen, --train-of, --reference-of,
-          --run, --reference-run) by the sha256 of that run's results.json (written last; it holds the sha256 of
+          --run, --reference-runs) by the sha256 of that run's results.json (written last; it holds the sha256 of
           the run's checkpoint, generator and samples), a file (--inception-weights, --checkpoint, --identity-file)
           by its sha256, a data source (--data and --data-root, --exclude-from, --real) by data.fingerprint: file
           names and sizes, partition and identity files;
@@ -51,7 +51,7 @@ from config import identity
 from utils import UserError, folder_lock, keep_freed_memory, read_json, sha256_file, write_json
 
 PROJECT = Path(__file__).resolve().parent
-RUN_INPUTS = ("init_from", "gen", "train_of", "reference_of", "run", "reference_run", "checkpoint")
+RUN_INPUTS = ("init_from", "gen", "train_of", "reference_of", "run", "reference_runs", "checkpoint")
 FILE_INPUTS = ("inception_weights", "identity_file")
 
 
@@ -196,7 +196,8 @@ def _source(kind: str, root) -> str:
 
 def inputs_of(args: dict) -> dict:
     """The content of everything a stage's arguments name (module docstring)."""
-    out = {k: content_of(args[k]) for k in RUN_INPUTS + FILE_INPUTS if args.get(k)}
+    out = {k: [content_of(v) for v in str(args[k]).split(",")] if k == "reference_runs" else content_of(args[k])
+           for k in RUN_INPUTS + FILE_INPUTS if args.get(k)}
     if args.get("data") and (args["data"] != "celeba" or args.get("data_root")):
         out["data"] = _source(args["data"], args.get("data_root"))
     if args.get("real") and not str(args["real"]).endswith(".npz"):

@@ -68,6 +68,10 @@ def build_parser():
     g.add_argument("--max-photos-per-unit", type=int, default=None, metavar="M",
                    help="with --privacy-unit identity: each sampled person contributes at most M photos per step (a "
                         "random subset, drawn anew each step; default: all); the guarantee is per person either way")
+    g.add_argument("--audit-gradient-canaries", type=int, default=0, metavar="M",
+                   help="the white-box DP audit: M gradient canaries (random directions in D's parameters of norm C, "
+                        "each with a seeded coin) Poisson-sampled into the clipped sum like any unit; their scores "
+                        "go to gradient_canaries.npz and audit.py bounds ε from them (docs/audit.md)")
     g.add_argument("--max-physical-batch-size", type=int, default=None,
                    help="split each logical batch into chunks of this size (same result, less memory)")
     return p

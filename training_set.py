@@ -4,7 +4,8 @@ rebuild exactly the images a run trained on from its config.json (runs.run_train
 
   --train-size N        N images of the train split (one per near-duplicate group), in the --subset-seed order
   --coin-subset         with --train-size N: 2N candidates, each included with probability 1/2 (coins.json)
-  --skip-subset M       the train split minus the first M images of that order (public data disjoint from them)
+  --skip-subset M       the train split minus the first M images of that order (public data disjoint from them);
+                        with --train-size N: the N images that follow them
   --canaries K          K held-out images per repeat count, each copied R times into training (canaries.json)
   --audit-canaries M    M held-out candidates, each included once with probability 1/2 (coins.json)
 
@@ -81,17 +82,21 @@ class TrainingData:
             raise UserError(f"the train split of {imgs.source} is empty")
         self.coins = None
         n_candidates = 0
-        if args.skip_subset:
-            pool = imgs.representatives(train)
-            if args.train_size is not None or not 0 < args.skip_subset <= len(pool) - 2:
-                raise UserError(f"--skip-subset takes 0 < M <= {len(pool) - 2} (the train split of {imgs.source} has "
-                                f"{len(pool)} images, one per near-duplicate group) and no --train-size; got "
-                                f"{args.skip_subset}{' with --train-size' if args.train_size is not None else ''}")
-            train = pool[seeded_perm(len(pool), args.subset_seed)[args.skip_subset:]].sort().values
         unit = getattr(args, "privacy_unit", "image")
+        if args.skip_subset:  # the rest of the --subset-seed order after the first M (with --train-size: its first N)
+            pool = imgs.representatives(train)
+            left = len(pool) - args.skip_subset
+            if not 0 < args.skip_subset <= len(pool) - 2 or args.coin_subset or (args.train_size or 0) > left \
+                    or (args.train_size is not None and unit == "identity"):
+                raise UserError(f"--skip-subset takes 0 < M <= {len(pool) - 2} (the train split of {imgs.source} has "
+                                f"{len(pool)} images, one per near-duplicate group), no --coin-subset, and a "
+                                f"--train-size (of images) of at most the {left} left; got {args.skip_subset}"
+                                + (f" with --train-size {args.train_size}" if args.train_size is not None else ""))
+            rest = pool[seeded_perm(len(pool), args.subset_seed)[args.skip_subset:]]
+            train = rest[:args.train_size].sort().values
         k_attack = getattr(args, "attack_photos", 0)
         self.attack_photos = k_attack  # identity unit: photos per drawn person held back (coins.json)
-        if args.train_size is not None and unit == "identity":
+        if args.train_size is not None and unit == "identity" and not args.skip_subset:
             drawn = draw_people(imgs, train, args.train_size * (2 if args.coin_subset else 1), args.subset_seed,
                                 k_attack if args.coin_subset else 0,  # attack photos: of coin-flipped people only
                                 f"--train-size {args.train_size}" + (" with --coin-subset" if args.coin_subset else ""))
@@ -100,7 +105,7 @@ class TrainingData:
             else:
                 heads = [photos for _, photos, _ in drawn]
             train = torch.cat(heads).sort().values if heads else train[:0]
-        elif args.train_size is not None:
+        elif args.train_size is not None and not args.skip_subset:
             pool = imgs.representatives(train)
             need = args.train_size * (2 if args.coin_subset else 1)
             if need > len(pool):

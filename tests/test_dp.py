@@ -2,6 +2,7 @@ import copy
 import json
 import types
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -19,7 +20,7 @@ BCE = torch.nn.BCEWithLogitsLoss()
 def _privacy(**kw):
     a = dict(epsilon=None, noise_multiplier=0.0, delta=1e-5, max_grad_norm=0.05, clipping="flat", accountant="rdp",
              poisson=True, secure_rng=False, grad_sample_mode="hooks", max_physical_batch_size=None,
-             privacy_unit="image", max_photos_per_unit=None)
+             privacy_unit="image", max_photos_per_unit=None, audit_gradient_canaries=0, seed=0)
     a.update(kw)
     return privacy.DPSGD(types.SimpleNamespace(**a))
 
@@ -321,6 +322,48 @@ def test_sigma_calibration_is_opacus_search_with_bounded_evaluations(monkeypatch
     privacy.epsilon_of.cache_clear()
 
 
+def _canary_run(path, *extra):
+    """A tiny DP run with 1,000 gradient canaries: 64 images, batch 32 (q = 1/2, 2 steps an epoch)."""
+    args = train_dcgan_dp.parse_config(tiny_args(path, "--train-size", "64", "--ema-decay", "0",
+                                                 "--audit-gradient-canaries", "1000", *extra))
+    res = train_dcgan.train(args, privacy.DPSGD(args))
+    with np.load(path / "gradient_canaries.npz") as z:
+        return res, {k: z[k] for k in z.files}
+
+
+def test_gradient_canaries_enter_the_clipped_sum_as_sampled_units(tmp_path):
+    """Without noise, a canary's every-iterate score is C / (expected batch) times the steps it was sampled in: 0
+    for tails, about q T for heads (sampled by the same Poisson draw as the images); with σ the tails' scores have
+    the noise's spread, σ C sqrt(T) / (expected batch). A resumed run adds the same canaries (bit-identical)."""
+    res, z = _canary_run(tmp_path / "clip", "--noise-multiplier", "0", "--epochs", "20")
+    coins, s = z["coins"].astype(bool), z["iterate"] * 32 / 1.0  # C = 1, expected batch 32
+    assert res["dp_steps"] == 40 and res["gradient_canaries"]["heads"] == coins.sum() and 400 < coins.sum() < 600
+    assert np.all(s[~coins] == 0) and np.allclose(s[coins], np.round(s[coins]))  # whole steps
+    assert abs(s[coins].mean() - 0.5 * 40) < 1.0 and s[coins].std() == pytest.approx(np.sqrt(40 * 0.25), rel=0.15)
+    assert np.all(np.sign(z["final"][coins]) >= 0) and np.all(z["final"][~coins] == 0)  # descent moves heads only
+    res, z = _canary_run(tmp_path / "noise", "--noise-multiplier", "2", "--epochs", "20")
+    tails = z["iterate"][~z["coins"].astype(bool)] * 32
+    assert tails.std() == pytest.approx(2 * np.sqrt(40), rel=0.1) and abs(tails.mean()) < 0.5
+    _canary_run(tmp_path / "split", "--noise-multiplier", "2", "--epochs", "20", "--max-steps", "23")
+    _, split = _canary_run(tmp_path / "split", "--noise-multiplier", "2", "--epochs", "20", "--resume")
+    assert all(np.array_equal(z[k], split[k]) for k in z)
+
+
+def test_white_box_audit_catches_a_planted_bug(tmp_path, monkeypatch):
+    """Issue #44: a DP-SGD that adds a quarter of the noise it accounts for, at claimed ε = 2, is caught by one run
+    with 1,000 gradient canaries (every-iterate bound > 2); the correct implementation's bound stays at most 2."""
+    import audit
+
+    res, _ = _canary_run(tmp_path / "ok", "--epsilon", "2", "--delta", "1e-5", "--epochs", "10")
+    ok = audit.gradient_canary_audit(tmp_path / "ok" / "gradient_canaries.npz", 1e-5, 0.05, res["epsilon"])
+    monkeypatch.setattr(privacy, "PLANTED_NOISE_FACTOR", 0.25)
+    bad_res, _ = _canary_run(tmp_path / "bug", "--epsilon", "2", "--delta", "1e-5", "--epochs", "10")
+    bad = audit.gradient_canary_audit(tmp_path / "bug" / "gradient_canaries.npz", 1e-5, 0.05, bad_res["epsilon"])
+    assert res["epsilon"] == bad_res["epsilon"] <= 2  # the ledger does not see the bug
+    assert ok["threat_models"]["every_iterate"]["one_run"]["epsilon_lb"] <= 2
+    assert bad["threat_models"]["every_iterate"]["one_run"]["epsilon_lb"] > 2
+
+
 def test_delta_warning(tmp_path):
     with pytest.warns(UserWarning, match="delta"):
         _dp_run(tmp_path, "--max-steps", "1", "--delta", "0.01")
@@ -386,10 +429,14 @@ def test_warm_start_from_the_same_source_needs_a_disjoint_skip_subset(tmp_path, 
         train_dcgan_dp.main(tiny_args(tmp_path / "fdst", "--noise-multiplier", "1", "--max-steps", "1", "--data",
                                       f"folder:{folder}/../imgs", "--init-from", str(tmp_path / "fsrc")))
     assert e.value.code == 2 and "was trained on this run's data" in capsys.readouterr().err
-    for bad in (["--skip-subset", "1436"], ["--skip-subset", "5", "--train-size", "10"]):
+    for bad in (["--skip-subset", "1436"], ["--skip-subset", "1430", "--train-size", "10"]):
         with pytest.raises(SystemExit) as e:
             train_dcgan.main(tiny_args(tmp_path / "bad2", "--max-steps", "1", *bad))
         assert e.value.code == 2 and "--skip-subset takes 0 < M <= 1435" in capsys.readouterr().err
+    after = runs.run_training_data(src).index  # --train-size N after --skip-subset M: the N that follow the M
+    train_dcgan.main(tiny_args(tmp_path / "next", "--max-steps", "1", "--skip-subset", "200", "--train-size", "30"))
+    nxt = runs.run_training_data(tmp_path / "next").index
+    assert len(nxt) == 30 and set(nxt.tolist()) <= set(after.tolist()) and not set(nxt.tolist()) & cand
 
 
 def test_ghost_mode_errors_name_the_flag_to_use():
@@ -401,7 +448,7 @@ def test_ghost_mode_errors_name_the_flag_to_use():
         _privacy(clipping="per-layer").check_args(types.SimpleNamespace(
             epsilon=8.0, noise_multiplier=None, delta=1e-5, max_grad_norm=1.0, max_physical_batch_size=None,
             clipping="per-layer", grad_sample_mode="hooks", privacy_unit="image", max_photos_per_unit=None,
-            poisson=True))
+            poisson=True, audit_gradient_canaries=0))
     nn = torch.nn
     D = nn.Sequential(nn.Conv2d(1, 4, 4, 2, 1), nn.Flatten(), nn.Linear(1024, 1), nn.Flatten(0))
     with pytest.raises(UserError, match=r"supports Conv2d .* not 2 \(Linear\); use --grad-sample-mode hooks"):

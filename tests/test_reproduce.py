@@ -73,7 +73,7 @@ def test_quick_pipeline_end_to_end_idempotent_and_resumable(tmp_path, inception_
     rel = _argv(Path("study"), os.path.relpath(inception_weights, tmp_path))
     again = reproduce.main([a for a in rel if a != "--no-progress"] + ["--jobs", "1"])
     log = capsys.readouterr().out
-    assert log.count("reused") == 29 and "running" not in log
+    assert log.count("reused") == 33 and "running" not in log
     assert again["rows"] == res["rows"]
 
     # an interrupted DP run (checkpoint, no final artefacts) resumes; only its later stages are redone. --only
@@ -89,7 +89,7 @@ def test_quick_pipeline_end_to_end_idempotent_and_resumable(tmp_path, inception_
     assert "[n40-non-private]" not in log and "[n80" not in log and not (out / "results.md").exists()
     third = reproduce.main(_argv(out, inception_weights))
     log = capsys.readouterr().out
-    assert log.count("reused") == 29 and "running" not in log and (out / "results.md").is_file()
+    assert log.count("reused") == 33 and "running" not in log and (out / "results.md").is_file()
     assert {r["model"]: r["epsilon"] for r in third["rows"]} == {r["model"]: r["epsilon"] for r in res["rows"]}
     _what_reruns(out, inception_weights, res, capsys, monkeypatch)
 
@@ -110,16 +110,17 @@ def _what_reruns(out, weights, res, capsys, monkeypatch):
         return reproduce.main(_argv(out, weights) + ["--dry-run", *extra])["dry_run"]
 
     trainings = {k for k in plan() if k.endswith(" training")}
-    assert len(trainings) == 9 and not _runs(plan())  # 8 models and the public pretraining; all reused
-    pretraining = "public pretraining (ndf 8) training"  # 1 epoch of the public digits at either budget
+    refmodels = {f"n{n}-refmodel{r} training" for n in (40, 80) for r in (1, 2)}
+    assert len(trainings) == 13 and refmodels < trainings and not _runs(plan())  # 8 models, 4 reference models and
+    pretraining = "public pretraining (ndf 8) training"  # the public pretraining (1 epoch at either budget)
     for flag, value, field, retrained in (("--budget", "200", "epochs", trainings - {pretraining}),
-                                          ("--num-samples", "16", "num_samples", trainings),
+                                          ("--num-samples", "16", "num_samples", trainings - refmodels),  # they draw 0
                                           ("--seed", "1", "seed", trainings)):
         runs = _runs(plan(flag, value), " training")  # (a warm run after a changed pretraining: "after" it)
         assert set(runs) == retrained and all(f"settings changed: {field}" in why or why == f"after {pretraining}"
                                               for why in runs.values()), runs
     runs = _runs(plan("--canaries", "1"))  # the models' trainings, not the pretraining's: it has no canaries
-    assert {k for k in runs if k.endswith(" training")} == trainings - {pretraining}
+    assert {k for k in runs if k.endswith(" training")} == trainings - {pretraining} - refmodels
     runs = _runs(plan("--delta", "1e-7"))  # the DP models only, and what reads them
     assert {k for k in runs if k.endswith(" training")} == {f"n{n}-dp-eps8{w} training" for n in (40, 80)
                                                            for w in ("", "-warm")}
@@ -155,7 +156,7 @@ def _what_reruns(out, weights, res, capsys, monkeypatch):
     metrics = (code / "metrics.py").read_text()
     (code / "metrics.py").write_text(metrics.replace("def fid(", "def fid(  # a changed metric\n        ", 1))
     reruns = {k for k, action in plan_of_copy().items() if action != "reuse"}
-    assert reruns == {k for k in plan() if not k.endswith(" training")} and len(reruns) == 29 - 9
+    assert reruns == {k for k in plan() if not k.endswith(" training")} and len(reruns) == 33 - 13
     assert {k for k, action in plan_of_copy("--reuse-stale").items() if action == "reuse-stale"} == reruns
 
     # a changed setting is trained anew (never resumed under it, never refused): the old run is moved aside; back
@@ -167,7 +168,7 @@ def _what_reruns(out, weights, res, capsys, monkeypatch):
     assert len(list((out / "runs" / ".stale").glob("n40-dp-eps8-*/ckpt.pt"))) == 1
     again = reproduce.main(_argv(out, weights))
     log = capsys.readouterr().out
-    assert log.count("running") == 3 and log.count("reused") == 26  # the model's training, evaluation and audit
+    assert log.count("running") == 3 and log.count("reused") == 30  # the model's training, evaluation and audit
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("wall_s", "features")} for r in rows]  # noqa
     assert strip(again["rows"]) == strip(res["rows"])
 
@@ -183,6 +184,7 @@ def _what_reruns(out, weights, res, capsys, monkeypatch):
 def _small(out, weights, jobs):
     """One size, no warm rows (2 models, 7 stages), trained long enough to checkpoint half way (D step 50 of 100)."""
     return ["--quick", "--train-sizes", "40", "--budget", "4000", "--epsilons", "8", "--no-warm", "--extra-seeds", "",
+            "--references", "0",
             "--num-samples", "32", "--max-real", "40", "--canaries", "2", "--inception-weights", str(weights),
             "--no-progress", "--threads", "1", "--jobs", str(jobs),
             "--cache-dir", str(out.parent / f"cache-{out.name}"), "--out", str(out)]
@@ -262,7 +264,7 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys, monkeypatch):
     assert e.value.code == 2 and "--jobs must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:  # 2 x 718 coin candidates leave 1 of the 1,437 train digits to pretrain on
         reproduce.main(["--quick", "--train-sizes", "100,718", "--out", str(tmp_path)])
-    assert e.value.code == 2 and "leave no digits for the public pretraining" in capsys.readouterr().err
+    assert e.value.code == 2 and "leave no digits for public data" in capsys.readouterr().err
     for bad in ("1,x", "0", "2,2", "-1"):  # the main seed is 0
         with pytest.raises(SystemExit) as e:
             reproduce.main(["--quick", "--extra-seeds", bad, "--out", str(tmp_path)])
