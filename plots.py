@@ -1,5 +1,5 @@
-"""The study's plots and the docs' figures (reproduce.py --figures): every figure is drawn from a finished study's
-files, never edited by hand.
+"""The studies' plots and the docs' figures (reproduce.py --figures): every figure is drawn from a finished study's
+files, never edited by hand (an audit's own plots: audit_plots.py).
 
   memorization_vs_n.png        white-box AUC, memorization distance d and FID against N, every model
   fid_vs_epsilon.png           FID against ε
@@ -192,6 +192,23 @@ def frontier_samples(rows, layout: Layout) -> dict:
             with torch.no_grad():
                 panels[f"early stopping, D step {r['step']}"] = generate(G, 64, cfg["nz"], "cpu")
     return panels
+
+
+def plot_dp_cost(rows, refs: dict, path) -> None:
+    """FID at each step of the DP decomposition (dp_cost.py), one line per N; the real held-out images' FID (the
+    floor) dashed."""
+    pyplot = plt()
+    fig, ax = pyplot.subplots(figsize=(9, 4.2))
+    for i, n in enumerate(sorted({r["size"] for r in rows})):
+        rs = [r for r in rows if r["size"] == n]
+        ax.plot(range(len(rs)), [r["fid_train"] for r in rs], "o-", color=f"C{i}", label=f"N = {n}")
+        ax.axhline(refs[n]["fid_train"], color=f"C{i}", ls="--", lw=0.8, label=f"real held-out images, N = {n}")
+    steps = [r["defence"] for r in rows if r["size"] == rows[0]["size"]]
+    ax.set_xticks(range(len(steps)), [s.replace("+ noise: ", "").replace(" (σ = 0)", "\n(σ = 0)") for s in steps],
+                  fontsize=7, rotation=20)
+    ax.set_yscale("log")
+    _finish(pyplot, fig, ax, path, "", "FID vs the training set (lower: better)",
+            "what DP costs: each step adds one part of DP-SGD", legend_outside=True)
 
 
 # ----------------------------------------------------------------------------- the docs' figures

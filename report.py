@@ -282,7 +282,7 @@ def study_report(s: dict, layout: Layout, models: list, public: Model | None, ar
     was reused, and why)."""
     import numpy as np
 
-    from audit import plot_one_run, plot_roc
+    from audit_plots import plot_one_run, plot_roc
     from data import load_npz
     from metrics import distance_histogram
     from plots import plot_exposure, plot_fid_vs_epsilon, plot_galleries, plot_image_panels, plot_memorization_vs_n
@@ -411,60 +411,6 @@ def stage_breakdown(rows, refs, pre, pretrain_s: float) -> dict:
         inception["seconds"] += r["features"].get("seconds", 0.0)
     kinds = {k: round(v, 1) for k, v in kinds.items()}
     return {"by_kind_s": kinds, "total_s": round(sum(kinds.values()), 1), "inception": inception}
-
-
-# ----------------------------------------------------------------------------- the levers study's report
-
-
-def _recorded_flags(run: Path) -> dict:
-    """A finished run's main arguments as flags (for a run the levers study did not train itself)."""
-    from utils import read_json
-
-    a = read_json(run / "config.json")["args"]
-    return {f"--{k.replace('_', '-')}": a[k] for k in ("data", "data_root", "exclude_from", "ngf", "ndf", "epochs",
-                                                        "batch_size", "lr") if a.get(k) is not None}
-
-
-LEVER_COLUMNS = [("run", "model", None), ("ε", "epsilon", ".2f"), ("σ", "sigma", ".2f"), ("batch", "batch", "d"),
-                 ("lr", "lr", "g"), ("G lr / lr", "g_lr_scale", "g"), ("β1", "beta1", "g"), ("EMA", "ema", "g"),
-                 ("D / G steps", "steps", "dg"), ("K at end", "k_final", "d"), ("FID train", "fid_train", ".1f"),
-                 ("precision", "precision", ".2f"), ("recall", "recall", ".2f"), ("train min", "train_min", ".1f")]
-
-
-def levers_report(s: dict, layout: Layout, models: list, t0: float) -> dict:
-    """levers.md, levers.json and samples.png of the levers study; ``models``: its Models (script "": trained
-    elsewhere, e.g. the public pretraining, its command line read from its config.json)."""
-    from data import load_npz
-    from plots import plot_image_panels
-    from utils import pick_device, read_json, versions, write_json
-
-    rows, samples = [], {}
-    for m in models:
-        run = layout.folder(m)
-        res, ev = read_json(run / "results.json"), read_json(run / "eval" / "eval.json")
-        cfg = read_json(run / "config.json")["args"]
-        rows.append({"model": m.extra.get("label", m.name), "epsilon": res.get("epsilon"),
-                     "target_epsilon": res.get("target_epsilon"),
-                     "sigma": res.get("noise_multiplier"), "steps": res["steps"], "g_steps": res.get("g_steps"),
-                     "k_final": res.get("k_final"), "batch": cfg["batch_size"], "lr": cfg["lr"],
-                     "g_lr_scale": cfg.get("g_lr_scale", 1.0), "beta1": cfg["beta1"], "ema": cfg["ema_decay"],
-                     "train_min": res["wall_s"] / 60,
-                     "command": command(m.script or "train_dcgan", m.flags if m.script else _recorded_flags(run)),
-                     **eval_columns(ev)})
-        label = rows[-1]["model"] + ("" if res.get("epsilon") is None else f", ε = {res['target_epsilon']:g}")
-        samples[label] = load_npz(run / "samples.npz")
-    plot_image_panels(samples, layout.file("samples.png"), "samples of every levers run", ncols=5)
-    result = {"settings": {k: v for k, v in s.items() if not k.endswith("_list")}, "rows": rows,
-              "hardware": hardware(pick_device(s["device"])), "versions": versions(),
-              "this_invocation_s": round(time.time() - t0, 1)}
-    write_json(layout.file("levers.json"), result)
-    md = "\n".join([markdown_table(rows, LEVER_COLUMNS), "", "Commands:", ""] +
-                   [f"- {r['model']}: `{r['command']}`" for r in rows])
-    atomic_write_text(layout.file("levers.md"), md + "\n")
-    print(markdown_table(rows, LEVER_COLUMNS))
-    print(f"wrote {layout.file('levers.md')}, levers.json, samples.png ({(time.time() - t0) / 60:.1f} min this "
-          "invocation)")
-    return result
 
 
 # ----------------------------------------------------------------------------- the frontier of defences

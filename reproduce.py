@@ -57,6 +57,7 @@ from pathlib import Path
 import audit
 import evaluate_mifid
 import report
+from levers import LEVERS, WARM_LR
 import train_dcgan
 import train_dcgan_dp
 from report import Layout, Model, argv_of
@@ -108,6 +109,10 @@ def build_parser():
     p.add_argument("--frontier", action="store_true",
                    help="the defences (DP at many ε, memorization rejection, augmentation, early stopping) at the "
                         "study's smallest N, on one utility-memorization frontier")
+    p.add_argument("--dp-cost", action="store_true",
+                   help="what DP costs, one step at a time, at N = 250 and 2,300 (or --train-sizes): the DP recipe "
+                        "without DP, Poisson sampling, clipping, then noise at each --epsilons (default 64,16,8,2); "
+                        "docs/privacy.md")
     p.add_argument("--identity", action="store_true",
                    help="the person as the privacy unit: non-private, image-level and person-level DP models on "
                         "data drawn by person, each audited per image and per person (CelebA with identity labels)")
@@ -149,7 +154,14 @@ def build_parser():
                         "memorization headline: its spread over seeds (full: 1,2; quick: none; '' for none)")
     p.add_argument("--inception-weights", default=None, help="FID Inception weights (else $INCEPTION_WEIGHTS, ...)")
     p.add_argument("--jobs", type=int, default=None, metavar="N",
-                   help="worker processes that run independent stages side by side (default: one per CPU core)")
+                   help="worker processes that run independent stages side by side (default: one per CPU core; with "
+                        "--executor dask and no --scheduler: the local cluster's workers)")
+    p.add_argument("--executor", choices=["local", "dask"], default="local",
+                   help="local: worker processes of this machine; dask: the stages as tasks of a Dask cluster "
+                        "(pip install -e \".[cluster]\"; docs/reproduce.md: Slurm/PBS with dask-jobqueue)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="with --executor dask: a running Dask scheduler (e.g. tcp://host:8786, a dask-jobqueue "
+                        "cluster's); without it, a local cluster of --jobs worker processes")
     p.add_argument("--threads", default=None,
                    help="CPU threads of every stage: N or auto (default: cores / --jobs, at least 1; a fixed number "
                         "makes a run repeatable bit for bit)")
@@ -243,11 +255,6 @@ def flags_of(argv: list) -> dict:
     return dict(zip(argv[::2], argv[1::2]))
 
 
-# Fine-tuning a pretrained GAN with DP: small steps keep what it learned. Measured with the DP defaults at ε = 8,
-# G starting from the pretraining's EMA generator (FID vs the private training set; the pretraining alone scores
-# 73.2, see the levers table): lr 5e-5 310.4, 2e-5 164.7, 5e-6 80.6, 1e-6 71.6.
-WARM_LR = "1e-6"
-WARM = ["--lr", WARM_LR]  # as the levers table writes it
 
 # DP from scratch on few images: DP-SGD's noise grows with D's parameter count and the clipped signal with the
 # number of training images, so below SMALL_N images the DP discriminator gets a quarter of the default's
@@ -432,8 +439,11 @@ def run_study_stages(stages: list, s: dict, layout: Layout, args) -> dict:
         runs = sum(not a.startswith("reuse") for a, _ in plan.values())
         print(f"--dry-run: {runs} of {len(plan)} stages would run; nothing was run")
         return {"dry_run": {s.name: list(v) for s, v in plan.items()}}
+    if args.scheduler and args.executor != "dask":
+        raise UserError("--scheduler names a Dask scheduler: use it with --executor dask")
     return run_stages(stages, s["jobs"], int(s["threads"]) if str(s["threads"]).isdigit() else 1, layout.logs,
-                      progress=not args.no_progress, reuse_stale=args.reuse_stale)
+                      progress=not args.no_progress, reuse_stale=args.reuse_stale, executor=args.executor,
+                      scheduler=args.scheduler, out=layout.out)
 
 
 def print_settings(title: str, s: dict, keys) -> None:
@@ -450,11 +460,17 @@ def reproduce(args, argv: list) -> dict:
         return figures(Path(args.figures))
     if args.levers and args.only is not None:
         raise UserError("--only selects models of the study; with --levers use --rows")
-    if sum(map(bool, (args.levers, args.frontier, args.identity))) > 1:
-        raise UserError("give one of --levers, --frontier and --identity")
+    if sum(map(bool, (args.levers, args.frontier, args.identity, args.dp_cost))) > 1:
+        raise UserError("give one of --levers, --frontier, --identity and --dp-cost")
+    if args.dp_cost:
+        from dp_cost import dp_cost
+
+        return dp_cost(args)
     if args.identity:
         return identity(args)
     if args.levers:
+        from levers import levers
+
         return levers(args)
     if args.frontier:
         return frontier(args)
@@ -599,121 +615,6 @@ def identity(args) -> dict:
     if args.dry_run:
         return outcome
     return report.identity_report(s, layout, models, reference, t0)
-
-
-# ----------------------------------------------------------------------------- the levers study
-# Every run: the CelebA subset at 32px grayscale, --random-split, delta = 1e-6, ngf = 32. "Old recipe" pins the
-# DP defaults before issue #12 (D sees 30 epochs, the compute of the old study's DP runs); each lever changes one
-# thing of it. "Recipe A" (batch 256, lr 1e-3, ndf 16, EMA) was the default before the two G-side / augmentation
-# levers; "recipe B" (A + mode-seeking + augmentation) was the default before G's lr doubling, and the "DP
-# defaults" rows are train_dcgan_dp.py's defaults (B + G's lr 2x), alone, with other seeds, at epsilon = 1 and
-# with G's lr changed. "Previous defaults" are the defaults of an earlier session. Rows 0-26 predate the G lr
-# lever and pin it off (G1). Row numbers name the run folders, so new rows go at the end.
-G1 = ["--g-lr-scale", "1"]  # G's lr = D's, as before the two time-scale lever
-OFF = ["--mode-seeking", "0", "--augment", "none"] + G1  # the levers added last, off
-OLD_RECIPE = ["--lr", "5e-5", "--batch-size", "64", "--beta1", "0.5", "--ndf", "32", "--freeze-d", "0",
-              "--d-steps", "1", "--adaptive-d-steps", "0", "--g-steps", "1", "--g-batch-size", "64", "--ema-decay", "0",
-              "--ema-warmup", "10", "--epochs", "30"] + OFF
-PREVIOUS_DEFAULTS = ["--lr", "2e-4", "--batch-size", "512", "--epochs", "60", "--ndf", "16", "--freeze-d", "2",
-                     "--adaptive-d-steps", "0.6", "--adaptive-grace", "20", "--g-batch-size", "128",
-                     "--ema-decay", "0.999", "--ema-warmup", "10"] + OFF
-LEVERS = [  # (name, epsilon, DP arguments; "@public" = --init-from the public pretraining of the same width)
-    ("old recipe", 8, OLD_RECIPE),
-    ("K = 5 D steps per G step", 8, OLD_RECIPE + ["--d-steps", "5"]),
-    ("adaptive K (acc <= 0.6)", 8, OLD_RECIPE + ["--adaptive-d-steps", "0.6", "--adaptive-grace", "20"]),
-    ("G EMA 0.999", 8, OLD_RECIPE + ["--ema-decay", "0.999"]),
-    ("batch 256, lr 1e-3", 8, OLD_RECIPE + ["--batch-size", "256", "--lr", "1e-3"]),
-    ("small D (ndf 16)", 8, OLD_RECIPE + ["--ndf", "16"]),
-    ("public warm start", 8, OLD_RECIPE + ["@public"] + WARM),
-    ("previous defaults (ndf 16, 2 convs frozen, batch 512, adaptive K)", 8, PREVIOUS_DEFAULTS),
-    ("recipe A (batch 256, lr 1e-3, ndf 16, EMA)", 8, OFF),
-    ("A, EMA warm-up 10 instead of 3", 8, OFF + ["--ema-warmup", "10"]),
-    ("A, K = 5", 8, OFF + ["--d-steps", "5"]),
-    ("A + public warm start", 8, OFF + ["@public"] + WARM),
-    ("recipe A", 1, OFF),
-    ("A + public warm start", 1, OFF + ["@public"] + WARM),
-    ("A + mode-seeking G loss (λ = 1)", 8, ["--augment", "none"] + G1),
-    ("A + mode-seeking G loss (λ = 1)", 1, ["--augment", "none"] + G1),
-    ("recipe B: A + mode-seeking + augmentation (translation, flip)", 8, G1),
-    ("recipe B", 1, G1),
-    ("B, seed 1", 8, G1 + ["--seed", "1"]),
-    ("B, seed 2", 8, G1 + ["--seed", "2"]),
-    ("A + mode-seeking, seed 1", 8, ["--augment", "none", "--seed", "1"] + G1),
-    ("A + mode-seeking, seed 2", 8, ["--augment", "none", "--seed", "2"] + G1),
-    ("A + augmentation, no mode-seeking", 8, ["--mode-seeking", "0"] + G1),
-    ("B + public warm start", 8, ["@public"] + WARM + G1),
-    ("B, batch 512, 60 epochs", 8, ["--batch-size", "512", "--epochs", "60"] + G1),
-    ("B, batch 512, 60 epochs, seed 1", 8, ["--batch-size", "512", "--epochs", "60", "--seed", "1"] + G1),
-    ("B, batch 512, 60 epochs, seed 2", 8, ["--batch-size", "512", "--epochs", "60", "--seed", "2"] + G1),
-    ("the DP defaults: B + G's lr 2x D's (two time-scale)", 8, []),
-    ("the DP defaults, seed 1", 8, ["--seed", "1"]),
-    ("the DP defaults, seed 2", 8, ["--seed", "2"]),
-    ("the DP defaults", 1, []),
-    ("the DP defaults + public warm start", 8, ["@public"] + WARM),
-    ("the DP defaults + public warm start", 1, ["@public"] + WARM),
-    ("the DP defaults with G's lr 0.5x D's", 8, ["--g-lr-scale", "0.5"]),
-    ("the DP defaults with G's lr 4x D's", 8, ["--g-lr-scale", "4"]),
-]
-
-
-def levers(args) -> dict:
-    """Every LEVERS row (or --rows) trained and evaluated at ε against the same non-private model, as stages."""
-    t0 = time.time()
-    s = settings(args)
-    if s["data"] != "celeba":
-        raise UserError("--levers runs on CelebA: pass --data-root (the private set) and --public-root")
-    picked = _rows(args.rows)
-    layout = Layout(Path(args.out or "outputs/reproduce-levers"))
-    common = {**common_flags(s), "--ngf": 32}
-    s["max_real"] = None
-    print(f"levers study -> {layout.out}")
-    stages, models, public = [], [], {}  # public: ndf -> (its Model, its training stage)
-
-    def model(m, deps=()):
-        train = training_stage(m, layout, deps)
-        stages.extend([train, eval_stage(m.name, layout.run(m.name), layout.eval(m.name), s, (train,))])
-        models.append(m)
-        return train
-
-    np_train = model(Model("non-private", 0, "non-private", "train_dcgan", {**common, "--epochs": 30},
-                           extra={"label": "non-private, 30 epochs"}))
-    for i in picked:
-        name, eps, extra = LEVERS[i]
-        flags = {**common, "--epsilon": f"{eps:g}", "--delta": f"{s['delta']:g}",
-                 **flags_of([a for a in extra if a != "@public"])}
-        deps = ()
-        if "@public" in extra:
-            ndf = int(flags.get("--ndf", _dp_default("ndf")))
-            if ndf not in public:
-                pm = public_pretraining(s, layout, ndf)
-                public[ndf] = (pm, training_stage(pm, layout))
-                stages.append(public[ndf][1])
-            flags["--init-from"] = layout.folder(public[ndf][0])
-            deps = (public[ndf][1],)
-        model(Model(f"{i:02d}-eps{eps:g}", 0, "dp", "train_dcgan_dp", flags, epsilon=eps,  # the run folder's name
-                    extra={"label": name}), deps)
-    for ndf, (pm, st) in public.items():  # the pretrained models themselves, scored against the private training set
-        label = f"public pretraining only, ndf {ndf} (no private data)"
-        stages.append(eval_stage(label, layout.folder(pm), layout.folder(pm) / "eval", s, (st, np_train),
-                                 train_of=layout.run("non-private")))
-        models.append(replace(pm, script="", extra={"label": label}))
-    outcome = run_study_stages(stages, s, layout, args)
-    if args.dry_run:
-        return outcome
-    return report.levers_report(s, layout, models, t0)
-
-
-def _rows(text) -> list:
-    """--rows as sorted indices into LEVERS (all of them if not given)."""
-    if text is None:
-        return list(range(len(LEVERS)))
-    try:
-        rows = sorted({int(e) for e in str(text).split(",") if e.strip()})
-    except ValueError:
-        rows = []
-    if not rows or rows[0] < 0 or rows[-1] >= len(LEVERS):
-        raise UserError(f"--rows must be comma-separated row numbers 0-{len(LEVERS) - 1}, got {text!r}")
-    return rows
 
 
 def _dp_default(key, data="celeba"):  # train_dcgan_dp.py's recipe for that data

@@ -35,6 +35,7 @@ import contextlib
 import functools
 import json
 import multiprocessing as mp
+import os
 import re
 import shutil
 import sys
@@ -271,15 +272,119 @@ def _execute(stage: Stage, key: dict, action: str, path: Path | None) -> None:
             write_json(stage.stamp_path, key)
 
 
-def _worker_init(threads: int) -> None:
+_PREPARED = []  # this worker process was set up (threads, memory) for stages
+
+
+def _prepare_worker(threads: int, ignore_sigint: bool = True) -> None:
+    """A worker process's set-up, once: its CPU threads, freed memory kept mapped, a thread lock for the bars."""
+    if _PREPARED:
+        return
     import signal
 
     import torch
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle: it stops the workers
+    if ignore_sigint:  # Ctrl-C is the main process's to handle: it stops the workers
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     tqdm.set_lock(threading.RLock())  # not a multiprocessing lock: a stopped worker would leak its semaphore
     torch.set_num_threads(threads)
     keep_freed_memory()
+    _PREPARED.append(True)
+
+
+def _worker_init(threads: int) -> None:  # the process pool's initializer
+    _prepare_worker(threads)
+
+
+def _on_dask_worker(threads: int, *args):
+    """A stage on a Dask worker (in its task thread, where signals cannot be set: Dask handles them)."""
+    _prepare_worker(threads, ignore_sigint=False)
+    return execute(*args)
+
+
+class _InProcess:
+    """--jobs 1: each stage in this process, one after another."""
+
+    slots = 1
+
+    def submit(self, *args):
+        f = cf.Future()
+        try:
+            f.set_result(execute(*args))
+        except BaseException as e:  # noqa: B902 (Ctrl-C included: it reaches the caller through result())
+            f.set_exception(e)
+        return f
+
+    def wait(self, futures):
+        return set(futures), set()
+
+    def stop(self):
+        pass
+
+
+class _Pool:
+    """Stages in ``jobs`` spawned worker processes (concurrent.futures)."""
+
+    def __init__(self, jobs: int, threads: int):
+        self.slots = jobs
+        self.pool = cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                           initargs=(threads,))
+
+    def submit(self, *args):
+        return self.pool.submit(execute, *args)
+
+    def wait(self, futures):
+        return cf.wait(futures, return_when=cf.FIRST_COMPLETED)
+
+    def stop(self, now: bool = False):
+        if now:  # Ctrl-C: the running stages end at once (their checkpoints are atomic)
+            for proc in mp.active_children():
+                proc.terminate()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Dask:
+    """Stages as tasks of a Dask cluster: a running scheduler (``scheduler``: its address, e.g. a dask-jobqueue
+    SLURMCluster's) or a LocalCluster with one worker process per job slot. A worker that dies mid-stage has the
+    stage run again elsewhere (Dask reschedules it; the training resumes from its checkpoint). Every worker must see
+    the study folder ``out`` (a shared file system): checked at the start."""
+
+    def __init__(self, jobs: int, threads: int, scheduler: str | None, out: Path):
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise UserError("--executor dask needs Dask: pip install -e \".[cluster]\"") from None
+        self.threads, self.cluster, self.submitted = threads, None, []
+        if scheduler is None:
+            self.cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None)
+        try:
+            self.client = Client(scheduler or self.cluster, timeout=30)
+        except OSError as e:
+            raise UserError(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({e})") from None
+        self.slots = max(1, len(self.client.scheduler_info()["workers"]))
+        out.mkdir(parents=True, exist_ok=True)
+        blind = [w for w, ok in self.client.run(os.path.isdir, str(out.resolve())).items() if not ok]
+        if blind:
+            self.stop()
+            raise UserError(f"{len(blind)} Dask worker(s) cannot see the study folder {out.resolve()} (e.g. {blind[0]}): "
+                            "put --out on a file system every worker mounts at the same path")
+
+    def submit(self, *args):
+        f = self.client.submit(_on_dask_worker, self.threads, *args, pure=False)
+        self.submitted.append(f)
+        return f
+
+    def wait(self, futures):
+        from distributed import wait
+
+        done, pending = wait(list(futures), return_when="FIRST_COMPLETED")
+        return set(done), set(pending)
+
+    def stop(self, now: bool = False):
+        if now:  # Ctrl-C: nothing more starts (a stage already running on a remote worker runs to its end)
+            self.client.cancel(self.submitted, force=True)
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
 
 
 # ----------------------------------------------------------------------------- the scheduler
@@ -329,16 +434,19 @@ def plan_stages(stages: list, reuse_stale: bool = False) -> dict:
 
 
 def run_stages(stages: list, jobs: int = 1, threads: int = 1, log_dir: Path | None = None,
-               progress: bool = True, reuse_stale: bool = False) -> dict:
+               progress: bool = True, reuse_stale: bool = False, executor: str = "local",
+               scheduler: str | None = None, out: Path | None = None) -> dict:
     """Run every stage once its dependencies are done (reusing what is on disk); returns {stage name: {"action",
-    "why", "seconds" (this invocation's wall time, None where reused)}}. ``jobs`` > 1: that many spawned worker
-    processes."""
+    "why", "seconds" (this invocation's wall time, None where reused)}}. ``executor`` "local": ``jobs`` > 1 spawned
+    worker processes (1: this process); "dask": Dask tasks (``scheduler``, or a LocalCluster of ``jobs`` workers;
+    ``out``: the folder every worker must see). A stage that fails stops the stages that need it, not the others;
+    the failures are then one UserError that names each stage's log. Ctrl-C stops everything."""
     _check_graph(stages)
     for s in {s.script.module for s in stages}:
         code_of(s)  # the code as it is now, loaded by this process (later edits to a file do not count)
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
-    prio, done, running, outcome = _priorities(stages), set(), {}, {}
+    prio, done, running, outcome, failed = _priorities(stages), set(), {}, {}, {}
     bar = tqdm(total=len(stages), desc="stages", unit="stage", disable=not progress, dynamic_ncols=True)
 
     def say(msg):
@@ -346,8 +454,8 @@ def run_stages(stages: list, jobs: int = 1, threads: int = 1, log_dir: Path | No
         sys.stdout.flush()
 
     def ready():
-        return sorted((s for s in stages if s not in done and s not in running and all(d in done for d in s.deps)),
-                      key=lambda s: -prio[s])
+        return sorted((s for s in stages if s not in done and s not in running and s not in failed
+                       and all(d in done for d in s.deps)), key=lambda s: -prio[s])
 
     def finish(stage, secs):
         done.add(stage)
@@ -358,12 +466,11 @@ def run_stages(stages: list, jobs: int = 1, threads: int = 1, log_dir: Path | No
         bar.update(1)
         bar.set_postfix_str(", ".join(s.name for s in running) or "-")
 
-    pool = None if jobs <= 1 else cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"),
-                                                          initializer=_worker_init, initargs=(threads,))
-    futures = {}
+    ex = _Dask(jobs, threads, scheduler, out or Path(".")) if executor == "dask" else \
+        _Pool(jobs, threads) if jobs > 1 else _InProcess()
+    futures, stopped = {}, False
     try:
-        while len(done) < len(stages):
-            before = len(done) + len(running)
+        while True:
             for stage in ready():
                 key = stage.key()
                 action, why = stage.decide(key, reuse_stale)
@@ -373,34 +480,36 @@ def run_stages(stages: list, jobs: int = 1, threads: int = 1, log_dir: Path | No
                         say(f"[{stage.label}] {stage.what}: STALE, reused (--reuse-stale): {why}")
                     finish(stage, None)
                     continue
-                if pool is not None and len(running) >= jobs:
+                if len(running) >= ex.slots:
                     break
                 say(f"[{stage.label}] {stage.what}: {'resuming' if action == 'resume' else 'running'}"
                     + (f" ({why})" if why and action == "run" else ""))
                 running[stage] = True
                 bar.set_postfix_str(", ".join(s.name for s in running))
-                if pool is None:
-                    secs = execute(stage, key, log_dir, reuse_stale)
-                    del running[stage]
-                    finish(stage, secs)
-                else:
-                    futures[pool.submit(execute, stage, key, log_dir, reuse_stale)] = stage
-            if len(done) + len(running) == before and not futures:
-                raise RuntimeError("stage graph has a cycle")
-            if pool is None or len(done) == len(stages):
-                continue
-            finished, _ = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
+                futures[ex.submit(stage, key, log_dir, reuse_stale)] = stage
+            if not futures:
+                break
+            finished, _ = ex.wait(futures)
             for fut in finished:
                 stage = futures.pop(fut)
                 del running[stage]
-                finish(stage, fut.result())  # a stage's error (UserError: one line) stops the study
-    except BaseException:  # Ctrl-C or a stage's error: stop the workers (checkpoints are written atomically)
-        if pool is not None:
-            for proc in mp.active_children():
-                proc.terminate()
+                try:
+                    finish(stage, fut.result())
+                except UserError as e:  # a stage's own error: it and what needs it stop, the rest goes on
+                    failed[stage] = str(e)
+                    say(f"[{stage.label}] {stage.what}: FAILED: {e}")
+    except BaseException:  # Ctrl-C (or an error of the scheduler itself): stop the workers; checkpoints are atomic
+        ex.stop(now=True)
+        stopped = True
         raise
     finally:
         bar.close()
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        if not stopped:
+            ex.stop()
+    left = [s for s in stages if s not in done and s not in failed]
+    if failed:
+        skipped = f"; {len(left)} stage(s) that need them did not run" if left else ""
+        raise UserError(f"{len(failed)} stage(s) failed{skipped}: " + " | ".join(failed.values()))
+    if left:
+        raise RuntimeError(f"stage graph has a cycle: {', '.join(s.name for s in left)}")
     return outcome

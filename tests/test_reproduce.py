@@ -8,6 +8,7 @@ import torch
 import plots
 import reproduce
 import stages
+from utils import UserError
 
 
 def _argv(out, weights):
@@ -190,8 +191,22 @@ def _small(out, weights, jobs):
             "--cache-dir", str(out.parent / f"cache-{out.name}"), "--out", str(out)]
 
 
+@pytest.fixture(scope="module")
+def small_local(tmp_path_factory):
+    """The small study with the local executor, one worker: what every other executor must compute."""
+    from conftest import _env_path
+
+    weights = _env_path("INCEPTION_WEIGHTS", "FID Inception weights")
+    return reproduce.main(_small(tmp_path_factory.mktemp("local") / "seq", weights, 1))
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if k not in ("wall_s", "features")} for r in rows]
+
+
 def test_parallel_study_interrupted_by_ctrl_c_and_killed_resumes_to_the_sequential_results(tmp_path,
-                                                                                         inception_weights):
+                                                                                         inception_weights,
+                                                                                         small_local):
     """--jobs 2 computes what --jobs 1 does (same --threads), also when Ctrl-C stops it in the middle of a training
     run and when SIGKILL ends it (and its workers) at three random moments (seeded), each time followed by the same
     command: finished stages are reused, an interrupted training resumes from its checkpoint, nothing half-written
@@ -202,7 +217,7 @@ def test_parallel_study_interrupted_by_ctrl_c_and_killed_resumes_to_the_sequenti
     import sys
     import time
 
-    seq = reproduce.main(_small(tmp_path / "seq", inception_weights, 1))
+    seq = small_local
     repo = Path(reproduce.__file__).resolve().parent
     par = tmp_path / "par"
 
@@ -230,9 +245,78 @@ def test_parallel_study_interrupted_by_ctrl_c_and_killed_resumes_to_the_sequenti
     resumed = reproduce.main(_small(par, inception_weights, 2))
     logs = "".join(f.read_text() for f in (par / "logs").glob("*training.log"))
     assert "resumed from" in logs  # a cut training run continued from its checkpoint
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("wall_s", "features")} for r in rows]  # noqa
-    assert strip(resumed["rows"]) == strip(seq["rows"]) and len(seq["rows"]) == 2
-    assert strip(resumed["reference_rows"]) == strip(seq["reference_rows"])
+    assert _strip(resumed["rows"]) == _strip(seq["rows"]) and len(seq["rows"]) == 2
+    assert _strip(resumed["reference_rows"]) == _strip(seq["reference_rows"])
+
+
+def test_dask_executor_computes_what_the_local_one_does_also_when_a_worker_dies(tmp_path, inception_weights,
+                                                                                 small_local):
+    """--executor dask on a LocalCluster of 2 worker processes: the same rows as the local executor's, also when a
+    worker is killed while it trains (Dask runs the stage again on another worker; the training resumes from its
+    checkpoint)."""
+    import signal
+    import threading
+    import time
+
+    import psutil
+
+    pytest.importorskip("distributed")
+    out = tmp_path / "dask"
+    killed = []
+
+    def kill_a_training_worker():  # once a checkpoint exists, SIGKILL a worker process (the local cluster's)
+        deadline = time.time() + 300
+        while not list(out.glob("runs/*/ckpt.pt")) and time.time() < deadline:
+            time.sleep(0.05)
+        workers = [c for c in psutil.Process().children(recursive=True) if "spawn_main" in " ".join(c.cmdline())]
+        if workers:
+            os.kill(workers[0].pid, signal.SIGKILL)
+            killed.append(workers[0].pid)
+
+    threading.Thread(target=kill_a_training_worker, daemon=True).start()
+    res = reproduce.main(_small(out, inception_weights, 2) + ["--executor", "dask"])
+    assert killed and _strip(res["rows"]) == _strip(small_local["rows"])
+    assert _strip(res["reference_rows"]) == _strip(small_local["reference_rows"])
+
+
+def _parse_out(argv):
+    import argparse
+
+    return argparse.Namespace(out=argv[0])
+
+
+def _ok(args):
+    (Path(args.out) / "done.txt").write_text("ok")
+
+
+def _fail(args):
+    from utils import UserError
+
+    raise UserError("this stage was told to fail")
+
+
+@pytest.mark.parametrize("executor", ["local", "dask"])
+def test_a_failed_stage_stops_what_needs_it_only_and_names_its_log(tmp_path, executor):
+    """Four stages: a fails, b needs a, c and d (which needs c) do not: c and d run, b does not, and the error is
+    one line that names a's log."""
+    from stages import Script, Stage, run_stages
+
+    if executor == "dask":
+        pytest.importorskip("distributed")
+    ok, fail = Script("config", _parse_out, _ok), Script("config", _parse_out, _fail)
+    mk = lambda name, script, deps=(): Stage(name, "work", script, [str(tmp_path / name)], tmp_path / name,  # noqa
+                                             "done.txt", deps)
+    a = mk("a", fail)
+    c = mk("c", ok)
+    stages = [a, mk("b", ok, (a,)), c, mk("d", ok, (c,))]
+    for s in stages:
+        s.out.mkdir()
+    with pytest.raises(UserError) as e:
+        run_stages(stages, jobs=2, log_dir=tmp_path / "logs", progress=False, executor=executor, out=tmp_path)
+    msg = str(e.value)
+    assert "1 stage(s) failed; 1 stage(s) that need them did not run" in msg and "told to fail" in msg
+    assert str(tmp_path / "logs" / "a-work.log") in msg and "\n" not in msg
+    assert [(tmp_path / n / "done.txt").is_file() for n in "abcd"] == [False, False, True, True]
 
 
 def test_bad_settings_are_one_line_errors(tmp_path, capsys, monkeypatch):
