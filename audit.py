@@ -74,6 +74,7 @@ import torch
 import data as data_mod
 from audit_stats import empirical_epsilon, exposure, lira_offline, one_run_audit, rmia_offline, roc_summary
 from audit_plots import plot_one_run, plot_over_training, plot_roc
+from evaluate_mifid import at_least
 from utils import (Parser, Threads, UserError, atomic_savez, pick_device, read_json, run_cli, seeded_subset,
                    write_json)
 
@@ -325,14 +326,9 @@ def check_args(args):
         raise UserError(f"--alpha must be in (0, 1) (the bounds hold with probability 1 - alpha), got {args.alpha}")
     if args.delta is not None and not 0 <= args.delta < 1:
         raise UserError(f"--delta must be in [0, 1), got {args.delta}")
-    for k in ("calibration_size", "num_samples", "fid_samples"):
-        if getattr(args, k) < 0:
-            raise UserError(f"--{k.replace('_', '-')} must be >= 0, got {getattr(args, k)}")
-    for k in ("max_members", "max_real"):
-        if getattr(args, k) is not None and getattr(args, k) < 2:
-            raise UserError(f"--{k.replace('_', '-')} must be >= 2, got {getattr(args, k)}")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    at_least(args, 0, "calibration_size", "num_samples", "fid_samples")
+    at_least(args, 2, "max_members", "max_real")
+    at_least(args, 1, "batch_size")
     if not 0 <= args.stop_auc <= 1:
         raise UserError(f"--stop-auc is an AUC in [0, 1], got {args.stop_auc}")
     return args

@@ -72,14 +72,17 @@ def build_parser():
     return p
 
 
+def at_least(args, minimum, *names) -> None:
+    """A one-line UserError for the first argument of ``names`` below ``minimum`` (None: not given, skipped)."""
+    for k in names:
+        v = getattr(args, k)
+        if v is not None and v < minimum:
+            raise UserError(f"--{k.replace('_', '-')} must be >= {minimum}, got {v}")
+
+
 def check_args(args):
     """Every value in range (one-line errors); returns ``args`` unchanged."""
-    for k in ("num_samples", "batch_size", "pr_k"):
-        if getattr(args, k) < 1:
-            raise UserError(f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}")
-    for k in ("max_real", "image_size"):
-        if getattr(args, k) is not None and getattr(args, k) < 1:
-            raise UserError(f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}")
+    at_least(args, 1, "num_samples", "batch_size", "pr_k", "max_real", "image_size")
     if args.kid_subset_size < 2:
         raise UserError(f"--kid-subset-size must be >= 2 (KID's unbiased estimate), got {args.kid_subset_size}")
     if not args.mifid_eps > 0:
