@@ -409,7 +409,9 @@ def audit(args) -> dict:
         ref_D = [load_discriminator(r / "ckpt.pt") for r in refs_runs]
         ref = np.stack([logit(Dr, imgs.images[union]) for Dr in ref_D])
         spread("white_box_lira", lira_offline(target, ref))
-        spread("reference_logit", ref.mean(0))  # not an attack: the reference models' own score (identity control)
+        # not an attack: the reference models' own raw logit (the identity control: the same for every audited run)
+        spread("reference_logit", np.stack([discriminator_scores(Dr, imgs.images[union], device, args.batch_size)
+                                            for Dr in ref_D]).mean(0) if ops else ref.mean(0))
         if n_cal:
             pop = imgs.images[calib]
             spread("white_box_rmia", rmia_offline(target, ref, logit(D, pop), np.stack([logit(Dr, pop)

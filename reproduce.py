@@ -1,12 +1,15 @@
 """Reproduce the results of the README and docs/results.md in one command: memorization vs training-set size,
-non-private vs DP-SGD; and the levers study of docs/levers.md.
+non-private vs DP-SGD; and the other studies of the docs.
 
-  python reproduce.py --quick --inception-weights W.pth      # the study on the bundled digits, ~10 min on 2 cores
-  python reproduce.py --data-root ROOT --inception-weights W.pth        # the study on CelebA (32px grayscale)
-  python reproduce.py --levers --data-root ROOT --public-root PUBLIC    # the privacy-utility levers study
-  python reproduce.py --frontier --data-root ROOT --inception-weights W.pth   # the defences at the smallest N
-  python reproduce.py --identity --data-root ROOT --public-root PUBLIC   # the person as the privacy unit
+  python reproduce.py --quick --inception-weights W.pth      # the study on the bundled digits, minutes on 2 cores
+  python reproduce.py --data-root ROOT --public-root PUBLIC --inception-weights W.pth   # the study on CelebA
+  python reproduce.py --frontier ...        # the defences at the smallest N (docs/defences.md)
+  python reproduce.py --dp-cost ...         # what DP costs, one step at a time (dp_cost.py, docs/privacy.md)
+  python reproduce.py --identity ...        # the person as the privacy unit (docs/identity.md)
+  python reproduce.py --levers ...          # how the DP recipe was chosen (levers.py, docs/levers.md)
   python reproduce.py --figures docs/figures                 # the docs' figures, from the finished studies
+  python reproduce.py ... --dry-run         # what would run, and why; nothing runs
+  python reproduce.py ... --executor dask --scheduler tcp://HOST:8786     # the stages on a Dask cluster
 
 The study. For each N in --train-sizes, 2N candidate images of the train split (one per near-duplicate group)
 each join the training set with probability 1/2 (a seeded coin): the training subset has about N images and
@@ -15,7 +18,8 @@ DP-SGD model per --epsilons value, each with its script's default recipe and the
 --budget real images (epochs = budget / N), so smaller N means more passes over the same images; and (--warm)
 a non-private model (--warm-non-private) and a DP model per --warm-epsilons value fine-tuned from a public
 pretraining (CelebA: --public-root; digits: the train digits no coin candidate uses), the DP recipe where public
-data exists. Stages (stages.py runs them, in --jobs processes):
+data exists; and --references R reference models per N (the non-private recipe on N public images) for the
+audits' LiRA, RMIA and calibrated black-box attacks. Stages (stages.py runs them, in --jobs processes or on Dask):
   train      train_dcgan.py / train_dcgan_dp.py                  -> OUT/runs/n<N>-<model>/
   evaluate   evaluate_mifid.py against the run's own training set -> OUT/runs/n<N>-<model>/eval/
   audit      audit.py: membership inference, exposure, epsilon bounds -> OUT/runs/n<N>-<model>/audit/
@@ -40,9 +44,8 @@ OUT: outputs/reproduce-identity).
 Idempotent and resumable: each stage is keyed on its settings, the content of its inputs and the code it runs
 (stages.py); a finished stage with the same key is reused, any other runs again (a training with another key is
 moved aside, never resumed under new settings), and an interrupted training resumes from its checkpoint.
---dry-run says what would run and why. Several machines on a shared folder: give each a share of the models with
---only (same flags and --out otherwise), then run the command once more without --only: it reuses every stage
-and writes the report.
+--dry-run says what would run and why. Many machines: --executor dask (docs/reproduce.md); --only MODELS runs a
+share of the models and writes no report.
 """
 from __future__ import annotations
 
@@ -57,9 +60,9 @@ from pathlib import Path
 import audit
 import evaluate_mifid
 import report
-from levers import LEVERS, WARM_LR
 import train_dcgan
 import train_dcgan_dp
+from levers import LEVERS, WARM_LR
 from report import Layout, Model, argv_of
 from stages import Script, Stage, plan_stages, run_stages
 from utils import Parser, UserError, run_cli

@@ -488,6 +488,8 @@ def run_stages(stages: list, jobs: int = 1, threads: int = 1, log_dir: Path | No
                 bar.set_postfix_str(", ".join(s.name for s in running))
                 futures[ex.submit(stage, key, log_dir, reuse_stale)] = stage
             if not futures:
+                if ready():  # stages that the reuses of this pass made ready
+                    continue
                 break
             finished, _ = ex.wait(futures)
             for fut in finished:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import plots
+import report
 import reproduce
 import stages
 from utils import UserError
@@ -319,6 +320,24 @@ def test_a_failed_stage_stops_what_needs_it_only_and_names_its_log(tmp_path, exe
     assert [(tmp_path / n / "done.txt").is_file() for n in "abcd"] == [False, False, True, True]
 
 
+def test_stages_after_reused_ones_run(tmp_path):
+    """A chain a -> b -> c whose b's output is deleted: a is reused, b runs, and c, whose input b wrote again
+    byte for byte, is reused (a pass that only reuses stages must not end the study)."""
+    from stages import Script, Stage, run_stages
+
+    ok = Script("config", _parse_out, _ok)
+    a = Stage("a", "work", ok, [str(tmp_path / "a")], tmp_path / "a", "done.txt")
+    b = Stage("b", "work", ok, [str(tmp_path / "b")], tmp_path / "b", "done.txt", (a,))
+    c = Stage("c", "work", ok, [str(tmp_path / "c")], tmp_path / "c", "done.txt", (b,))
+    for s in (a, b, c):
+        s.out.mkdir()
+    first = run_stages([a, b, c], progress=False)
+    assert [first[f"{n} work"]["action"] for n in "abc"] == ["run"] * 3
+    (tmp_path / "b" / "done.txt").unlink()
+    again = run_stages([a, b, c], progress=False)
+    assert [again[f"{n} work"]["action"] for n in "abc"] == ["reuse", "run", "reuse"]
+
+
 def test_bad_settings_are_one_line_errors(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("CELEBA_ROOT", raising=False)
     with pytest.raises(SystemExit) as e:
@@ -457,3 +476,32 @@ def test_frontier_reuses_the_study_and_puts_every_defence_on_it(tmp_path, incept
         assert torch.equal(a["D"][k], b["D"][k])
     md = (out / "frontier.md").read_text()
     assert "memorization rejection" in md and "--snapshot-every 5" in md
+
+
+def test_dp_cost_decomposes_the_price_one_step_at_a_time(tmp_path):
+    """--dp-cost at every N: the study's non-private model, the non-private script with the DP recipe, the DP script
+    with σ = 0 and no effective clipping (Poisson), with σ = 0 (clipping), then the study's DP models at each ε (the
+    same flags as the study's and the frontier's: reused); the same data, coins, budget and width throughout."""
+    import dp_cost
+
+    s = _settings("--data-root", str(tmp_path), "--dp-cost", "--train-sizes", "250,2300", "--epsilons", "64,8")
+    plan = dp_cost.dp_cost_plan(s)
+    study = {m.name: m for m in reproduce.model_plan({**s, "extra_seed_list": []})}
+    assert [m.name for m in plan] == [f"n{n}-{x}" for n in (250, 2300) for x in (
+        "non-private", "dpcost-recipe", "dpcost-poisson", "dpcost-clip", "dp-eps64", "dp-eps8")]
+    for m in plan:
+        if m.name in study:
+            assert m.flags == study[m.name].flags  # reused from the study
+        base = study[f"n{m.size}-non-private"].flags
+        assert all(m.flags[k] == base[k] for k in ("--train-size", "--epochs", "--coin-subset", "--seed"))
+    by = {m.name: m for m in plan}
+    recipe, poisson, clip = (by[f"n250-dpcost-{x}"] for x in ("recipe", "poisson", "clip"))
+    assert recipe.script == "train_dcgan" and recipe.flags["--batch-size"] == 256 and recipe.flags["--ndf"] == 8
+    assert recipe.flags["--augment"] == "translation,flip" and recipe.flags["--lr"] == 1e-3
+    assert (poisson.script, poisson.flags["--noise-multiplier"], poisson.flags["--max-grad-norm"]) == (
+        "train_dcgan_dp", 0, "1e6")
+    assert clip.flags["--noise-multiplier"] == 0 and "--max-grad-norm" not in clip.flags
+    assert by["n2300-dpcost-recipe"].flags["--ndf"] == reproduce._dp_default("ndf") == by["n2300-dp-eps8"].flags.get(
+        "--ndf", reproduce._dp_default("ndf"))  # at N >= 2,000 the DP width is the recipe's own
+    cfg = reproduce.SCRIPTS["train_dcgan_dp"].parse(report.argv_of({**clip.flags, "--out": str(tmp_path / "c")}))
+    assert cfg.noise_multiplier == 0 and cfg.epsilon is None and cfg.ndf == 8  # a valid clip-only DP run
