@@ -286,7 +286,8 @@ def gradient_canary_audit(path: Path, delta: float, alpha: float, claimed: float
     return out
 
 
-def identity_audit(coins: dict, scores: dict, delta: float, alpha: float, seed: int = 0) -> tuple[dict, dict]:
+def identity_audit(coins: dict, scores: dict, delta: float, alpha: float, seed: int = 0,
+                   two_sided: bool = False) -> tuple[dict, dict]:
     """Identity membership inference (Webster et al. 2021): was this PERSON in training, judged from other photos of
     them (the --attack-photos held back from every coin-flipped person, member or not)? A person's score is the
     mean of an attack's scores over their attack photos. Per attack: AUC and TPR at low FPR over the people, and
@@ -309,7 +310,7 @@ def identity_audit(coins: dict, scores: dict, delta: float, alpha: float, seed: 
         per_person = mean_per_person(scores[f"{att}_attack"])
         people[f"{att}_members"], people[f"{att}_nonmembers"] = per_person[inc], per_person[~inc]
         r = roc_summary(per_person[inc], per_person[~inc])
-        r["one_run"] = one_run_audit(per_person, inc, delta, alpha / len(attacks), seed)
+        r["one_run"] = one_run_audit(per_person, inc, delta, alpha / len(attacks), seed, two_sided=two_sided)
         out["attacks"][att] = r
     out["one_run_epsilon_lb"] = max(a["one_run"]["epsilon_lb"] for a in out["attacks"].values())
     if "reference_logit_attack" in scores:  # the reference models trained on none of the candidates: what this
@@ -381,6 +382,9 @@ def audit(args) -> dict:
             queries["attack"] = torch.tensor([i for held in person_coins["attack_photos"] for i in held])
     elif coins:
         queries["candidates"] = torch.tensor(coins["indices"])
+    unlearned = td.forget is not None  # an unlearned run (unlearn.py): its members are the retained images
+    if unlearned:
+        queries["forgotten"] = td.forget_idx
 
     out = Path(args.out) if args.out else run / "audit"
     out.mkdir(parents=True, exist_ok=True)
@@ -453,7 +457,9 @@ def audit(args) -> dict:
         r["epsilon_lower_bound"] = empirical_epsilon(s_in, s_out, delta, args.alpha, args.seed)
         if coins:
             r["one_run"] = one_run_audit(scores[f"{att}_candidates"], coins["included"], delta, alpha_attack,
-                                         args.seed, claimed_epsilon=claimed)
+                                         args.seed, claimed_epsilon=claimed, two_sided=unlearned)
+        if unlearned:  # the forgotten images against never-seen ones (0.5: forgotten as if never trained)
+            r["forgotten"] = roc_summary(scores[f"{att}_forgotten"], s_out)
         if canaries:
             e = exposure(scores[f"{att}_canaries"], scores[f"{att}_references"])
             reps = np.array(canaries["repeats"])
@@ -461,8 +467,8 @@ def audit(args) -> dict:
                                       "min": float(e[reps == k].min()), "values": e[reps == k].round(3).tolist()}
                              for k in sorted(set(canaries["repeats"]))}
         attacks[att] = r
-    identity, people = (identity_audit(person_coins, scores, delta, args.alpha, args.seed) if person_coins
-                        else (None, {}))
+    identity, people = (identity_audit(person_coins, scores, delta, args.alpha, args.seed, unlearned)
+                        if person_coins else (None, {}))
     res = {"run": str(run), "checkpoint": args.checkpoint, "data": imgs.source, "nonmember_split": args.nonmember_split,
            "black_box_space": args.space, "calibration_images": int(n_cal), "generated": gen_desc,
            "reference_runs": [str(r) for r in refs_runs],
@@ -475,6 +481,10 @@ def audit(args) -> dict:
            "coins": None if not coins else {"kind": coins["kind"], "candidates": len(coins["indices"]),
                                             "included": int(sum(coins["included"]))},
            "identity": identity,
+           "unlearning": None if not unlearned else {
+               "forget": td.forget["spec"], "forgotten_images": td.forget["images"], "retained_members": len(members),
+               "note": "members = the retained training images; the one-run bound is two-sided (forgotten "
+                       "candidates may score below never-trained ones)"},
            "gradient_canaries": gradient_canary_audit(run / "gradient_canaries.npz", delta, args.alpha, claimed)
            if (run / "gradient_canaries.npz").is_file() and not args.checkpoint else None,
            "wall_s": round(time.time() - t0, 1)}
@@ -567,7 +577,10 @@ def print_summary(res: dict) -> None:
             o = r["one_run"]
             line += (f" | one-run ε_lb {o['epsilon_lb']:.3f} (f-DP {o['epsilon_lb_fdp']:.2f}, Steinke et al. "
                      f"{o['epsilon_lb_steinke']:.2f}; {o['v']}/{o['r']} of m = {o['m']}; ceiling "
-                     f"{o['ceiling']['epsilon_lb']:.2f})")
+                     f"{o['ceiling']['epsilon_lb']:.2f}" + (f"; two-sided, best side {o['side']}" if o.get("two_sided")
+                                                            else "") + ")")
+        if r.get("forgotten"):
+            line += f" | forgotten vs never-seen AUC {r['forgotten']['auc']:.3f}"
         if r.get("exposure"):
             line += " | exposure (mean bits) " + ", ".join(f"R={k}: {v['mean']:.2f}" for k, v in r["exposure"].items())
         print(line)

@@ -194,7 +194,8 @@ def idealised_guesses(m: int, r: int, mu: float) -> int:
 
 
 def one_run_audit(scores, included, delta: float, alpha: float = 0.05, seed: int = 0,
-                  fractions=ONE_RUN_FRACTIONS, claimed_epsilon: float | None = None, curve: bool = True) -> dict:
+                  fractions=ONE_RUN_FRACTIONS, claimed_epsilon: float | None = None, curve: bool = True,
+                  two_sided: bool = False) -> dict:
     """One-run ε lower bound from the attack scores of m coin-flipped candidates, by both analyses.
 
     For each pre-declared number of guesses r (guess_grid), guess "in" for the r highest scores (ties broken by a
@@ -205,19 +206,28 @@ def one_run_audit(scores, included, delta: float, alpha: float = 0.05, seed: int
     first applies). Every (r, analysis) is tested at alpha / (2 |grid|) (Bonferroni), so the reported maximum holds
     with probability >= 1 - alpha. ``ceiling``: the bounds if all r guesses were right (what m candidates can prove at
     most); ``idealised``: for a mechanism exactly at the ``claimed_epsilon`` (a Gaussian one, audited with
-    perfectly informative scores): how tight this audit could be."""
+    perfectly informative scores): how tight this audit could be. ``two_sided``: also guess "in" for the r
+    LOWEST scores (an unlearned model may push what it forgot below what it never saw: that, too, tells the coins
+    apart), each side a pre-declared test of its own (Bonferroni over both)."""
     s = np.asarray(scores, np.float64)
     inc = np.asarray(included, bool)
     m = len(s)
-    order = np.lexsort((seeded_perm(m, seed).numpy(), -s))  # descending score; ties in a coin-independent order
-    members_on_top = np.cumsum(inc[order])  # [r-1]: members among the r top scores
+    perm = seeded_perm(m, seed).numpy()
+    sides = ("high", "low") if two_sided else ("high",)
+    # [side][r-1]: members among the r top (or bottom) scores; ties in a coin-independent order
+    on_top = {side: np.cumsum(inc[np.lexsort((perm, -s if side == "high" else s))]) for side in sides}
     grid = guess_grid(m, fractions)
-    a = alpha / max(1, len(_analyses(delta)) * len(grid))
-    rows = [{"r": r, "v": int(members_on_top[r - 1])} for r in grid]
+    a = alpha / max(1, len(_analyses(delta)) * len(grid) * len(sides))
+    rows = [{"r": r, "v": int(on_top[side][r - 1]), **({"side": side} if two_sided else {})}
+            for side in sides for r in grid]
     out = {**_best(m, rows, delta, a), "m": m, "included": int(inc.sum()), "delta": delta, "alpha": alpha,
            "alpha_per_test": a, "grid": rows}
-    best = max(rows, key=lambda x: max(x[f"epsilon_lb_{k}"] for k in _analyses(delta)), default={"r": 0, "v": 0})
+    best = max(rows, key=lambda x: max(x[f"epsilon_lb_{k}"] for k in _analyses(delta)),
+               default={"r": 0, "v": 0, "side": "high"})
     out.update(r=best["r"], v=best["v"])
+    if two_sided:
+        out.update(two_sided=True, side=best.get("side", "high"))
+    members_on_top = on_top[best.get("side", "high")]
     out["ceiling"] = _best(m, [{"r": r, "v": r} for r in grid], delta, a)
     if claimed_epsilon is not None and math.isfinite(claimed_epsilon) and delta > 0:
         mu = gaussian_mu(claimed_epsilon, delta)

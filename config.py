@@ -27,7 +27,8 @@ BEFORE = {"dedup_threshold": None, "exclude_from": None, "train_size": None, "co
           "adaptive_d_steps": None, "adaptive_grace": 50, "ema_decay": 0.0, "ema_warmup": 10.0, "init_from": None,
           "mode_seeking": 0.0, "augment": "", "clipping": "flat", "g_lr_scale": 1.0, "skip_subset": 0,
           "identity_file": None, "split_unit": "image", "memorization_rejection": None, "mr_quantile": None,
-          "privacy_unit": "image", "attack_photos": 0, "max_photos_per_unit": None, "dp_unit": None}
+          "privacy_unit": "image", "attack_photos": 0, "max_photos_per_unit": None, "dp_unit": None,
+          "forget": None, "forget_as_fake": False, "forget_until_heldout": False, "forget_check_every": 10}
 # fields that name a file or folder: compared as what they name, however spelled
 PATHS = frozenset({"data_root", "exclude_from", "init_from", "identity_file", "gen", "run", "train_of",
                    "reference_of", "inception_weights", "checkpoint"})
@@ -64,6 +65,8 @@ def normal(key: str, value):
     if value is None:
         return None
     if key in PATHS:
+        return resolved(value)
+    if key == "forget" and value != "heads":  # --forget heads, or a file
         return resolved(value)
     if key == "reference_runs":  # a comma-separated list of run folders
         return ",".join(resolved(v) for v in str(value).split(","))

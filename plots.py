@@ -34,26 +34,31 @@ def _eps_label(r):
 
 
 def plot_memorization_vs_n(rows, refs, path, extra_seed_rows=()):
+    """Memorization against N: the strongest white-box attack's TPR at 1% FPR (log scale: the low-FPR regime
+    where calibrated attacks see what the raw logit misses), the one-run ε lower bound, and FID."""
     pyplot = plt()
     fig, axes = pyplot.subplots(1, 3, figsize=(15, 4.2))
     groups = {}
     for r in rows:
         groups.setdefault(_eps_label(r), []).append(r)
+    keys = ("mia_tpr_1pct_white", "epsilon_lb_one_run", "fid_train")
     for i, (label, rs) in enumerate(groups.items()):
         rs = sorted(rs, key=lambda r: r["size"])
         others = [r for r in extra_seed_rows if _eps_label(r) == label]
-        for ax, key in zip(axes, ("mia_auc_white", "memorization_d", "fid_train")):
-            ax.plot([r["size"] for r in rs], [r.get(key) for r in rs], "o-", color=f"C{i}", label=label)
+        for ax, key in zip(axes, keys):
+            floor = 1e-3 if key == "mia_tpr_1pct_white" else 0  # a TPR of 0 on the log axis
+            ax.plot([r["size"] for r in rs], [max(r.get(key) or 0, floor) for r in rs], "o-", color=f"C{i}",
+                    label=label)
             if others:
-                ax.plot([r["size"] for r in others], [r.get(key) for r in others], "x", color=f"C{i}", ms=8,
-                        label=f"{label}, other seeds")
+                ax.plot([r["size"] for r in others], [max(r.get(key) or 0, floor) for r in others], "x",
+                        color=f"C{i}", ms=8, label=f"{label}, other seeds")
     ref = sorted(refs, key=lambda r: r["size"])
-    for ax, key in zip(axes[1:], ("memorization_d", "fid_train")):
-        ax.plot([r["size"] for r in ref], [r[key] for r in ref], "s--", color="k", label="held-out real images")
-    axes[0].axhline(0.5, color="k", ls=":", lw=1, label="chance")
-    for ax, title in zip(axes, ("white-box membership AUC (higher: more memorization)",
-                                "memorization distance d (lower: closer to training images)",
-                                "FID vs the training set (lower: better)")):
+    axes[2].plot([r["size"] for r in ref], [r["fid_train"] for r in ref], "s--", color="k",
+                 label="held-out real images")
+    axes[0].axhline(0.01, color="k", ls=":", lw=1, label="chance")
+    axes[0].set_yscale("log")
+    for ax, title in zip(axes, ("TPR at 1% FPR, strongest white-box attack (higher: more memorization)",
+                                "one-run ε lower bound (95%)", "FID vs the training set (lower: better)")):
         ax.set_xscale("log")
         ax.set_xlabel("training-set size N")
         ax.set_title(title, fontsize=9)
@@ -211,10 +216,35 @@ def plot_dp_cost(rows, refs: dict, path) -> None:
             "what DP costs: each step adds one part of DP-SGD", legend_outside=True)
 
 
+def plot_unlearning(rows, path) -> None:
+    """The unlearning trade-off (unlearn_study.py): each method's cost (x retrain) against its one-run bound on the
+    forgotten candidates (left) and its FID (right); the original (no unlearning, cost 0) and the DP row as
+    horizontal references."""
+    pyplot = plt()
+    fig, axes = pyplot.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label in ((axes[0], "epsilon_lb_one_run", "one-run ε_lb of the forgotten candidates"),
+                           (axes[1], "fid_train", "FID vs the retained training set")):
+        for i, r in enumerate(rows):
+            if r["kind"] == "unlearned":
+                ax.plot(r["x_retrain"], r[key], "o", color=f"C{i}", ms=8, label=r["defence"])
+                ax.annotate(r["defence"], (r["x_retrain"], r[key]), textcoords="offset points", xytext=(5, 5),
+                            fontsize=8)
+            else:
+                ax.axhline(r[key], color=f"C{i}", ls="--", lw=1, label=r["defence"])
+        ax.set_xlabel("cost (x retraining from scratch)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("forgetting the heads: cost against what the audit still finds, and sample quality")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    pyplot.close(fig)
+
+
 # ----------------------------------------------------------------------------- the docs' figures
 FIGURE_MAX_BYTES = 300_000
-STUDY, QUICK, IDENTITY = (Layout(Path(f"outputs/{name}")) for name in ("reproduce", "reproduce-quick",
-                                                                          "reproduce-identity"))
+STUDY, QUICK, IDENTITY, UNLEARNING = (Layout(Path(f"outputs/{name}")) for name in (
+    "reproduce", "reproduce-quick", "reproduce-identity", "reproduce-unlearning"))
 QUICKSTART = {"quickstart-non-private.png": Path("outputs/dcgan-digits-32px-1ch"),  # the README's quickstart runs
               "quickstart-dp-eps8.png": Path("outputs/dcgan-dp-digits-32px-1ch")}
 
@@ -235,6 +265,7 @@ def figure_sources() -> dict:
     out["study-over-training.png"] = (STUDY.over_training(stops[0]) if stops else STUDY.file("(frontier)")) \
         / "over_training.png"
     out["identity-samples.png"] = IDENTITY.file("identity_samples.png")
+    out["unlearning.png"] = UNLEARNING.file("unlearning.png")
     return out
 
 
@@ -258,8 +289,9 @@ def small_png(src: Path, dst: Path, max_width: int = 1400, max_bytes: int = FIGU
 
 
 def headline(study: Layout, dst: Path) -> int:
-    """The README's headline figure: samples of the smallest N's non-private and DP models beside white-box
-    membership AUC and the one-run ε lower bound against N, from a finished study's results.json."""
+    """The README's headline figure: samples of the smallest N's non-private and DP models beside the strongest
+    white-box attack's TPR at 1% FPR and the one-run ε lower bound against N, from a finished study's
+    results.json."""
     from data import load_npz
     from torchvision.utils import make_grid
 
@@ -285,14 +317,17 @@ def headline(study: Layout, dst: Path) -> int:
     groups = {}
     for r in rows:
         groups.setdefault(_eps_label(r), []).append(r)
-    for j, (key, label) in enumerate((("mia_auc_white", "white-box membership AUC"),
+    for j, (key, label) in enumerate((("mia_tpr_1pct_white", "TPR at 1% FPR, strongest white-box attack"),
                                       ("epsilon_lb_one_run", "one-run ε lower bound (95%)"))):
         ax = fig.add_subplot(grid[0, 3 + j])
+        floor = 1e-3 if key == "mia_tpr_1pct_white" else 0  # a TPR of 0 on the log axis
         for k, (lab, rs) in enumerate(groups.items()):
             rs = sorted(rs, key=lambda r: r["size"])
-            ax.plot([r["size"] for r in rs], [r.get(key) for r in rs], "o-", color=f"C{k}", label=lab, ms=4)
-        if key == "mia_auc_white":
-            ax.axhline(0.5, color="k", ls=":", lw=1, label="chance")
+            ax.plot([r["size"] for r in rs], [max(r.get(key) or 0, floor) for r in rs], "o-", color=f"C{k}",
+                    label=lab, ms=4)
+        if key == "mia_tpr_1pct_white":
+            ax.axhline(0.01, color="k", ls=":", lw=1, label="chance")
+            ax.set_yscale("log")
         ax.set_xscale("log")
         ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
         ax.minorticks_off()

@@ -6,6 +6,7 @@ non-private vs DP-SGD; and the other studies of the docs.
   python reproduce.py --frontier ...        # the defences at the smallest N (docs/defences.md)
   python reproduce.py --dp-cost ...         # what DP costs, one step at a time (dp_cost.py, docs/privacy.md)
   python reproduce.py --identity ...        # the person as the privacy unit (docs/identity.md)
+  python reproduce.py --unlearning ...      # forgetting without retraining, audited (unlearn_study.py)
   python reproduce.py --levers ...          # how the DP recipe was chosen (levers.py, docs/levers.md)
   python reproduce.py --figures docs/figures                 # the docs' figures, from the finished studies
   python reproduce.py ... --dry-run         # what would run, and why; nothing runs
@@ -62,6 +63,7 @@ import evaluate_mifid
 import report
 import train_dcgan
 import train_dcgan_dp
+import unlearn
 from levers import LEVERS, WARM_LR
 from report import Layout, Model, argv_of
 from stages import Script, Stage, plan_stages, run_stages
@@ -71,7 +73,8 @@ SCRIPTS = {"train_dcgan": Script("train_dcgan", train_dcgan.parse_config, train_
            "train_dcgan_dp": Script("train_dcgan_dp", train_dcgan_dp.parse_config, train_dcgan_dp.train,
                                     training=True),
            "evaluate_mifid": Script("evaluate_mifid", evaluate_mifid.parse_args, evaluate_mifid.evaluate),
-           "audit": Script("audit", audit.parse_args, audit.audit)}
+           "audit": Script("audit", audit.parse_args, audit.audit),
+           "unlearn": Script("unlearn", unlearn.parse_config, unlearn.unlearn, training=True)}
 
 PRESETS = {
     # CelebA 32px grayscale with a random image split (membership audits need exchangeable members and
@@ -116,6 +119,10 @@ def build_parser():
                    help="what DP costs, one step at a time, at N = 250 and 2,300 (or --train-sizes): the DP recipe "
                         "without DP, Poisson sampling, clipping, then noise at each --epsilons (default 64,16,8,2); "
                         "docs/privacy.md")
+    p.add_argument("--unlearning", action="store_true",
+                   help="forget the coin-flipped heads at the smallest N by retraining, fine-tuning, negative "
+                        "gradient and the held-out-level stop, each audited against never having trained on them "
+                        "(unlearn_study.py, docs/unlearning.md)")
     p.add_argument("--identity", action="store_true",
                    help="the person as the privacy unit: non-private, image-level and person-level DP models on "
                         "data drawn by person, each audited per image and per person (CelebA with identity labels)")
@@ -463,8 +470,12 @@ def reproduce(args, argv: list) -> dict:
         return figures(Path(args.figures))
     if args.levers and args.only is not None:
         raise UserError("--only selects models of the study; with --levers use --rows")
-    if sum(map(bool, (args.levers, args.frontier, args.identity, args.dp_cost))) > 1:
-        raise UserError("give one of --levers, --frontier, --identity and --dp-cost")
+    if sum(map(bool, (args.levers, args.frontier, args.identity, args.dp_cost, args.unlearning))) > 1:
+        raise UserError("give one of --levers, --frontier, --identity, --dp-cost and --unlearning")
+    if args.unlearning:
+        from unlearn_study import unlearning
+
+        return unlearning(args)
     if args.dp_cost:
         from dp_cost import dp_cost
 

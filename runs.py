@@ -189,7 +189,10 @@ class Run:
     def finished(self, total_steps: int) -> bool:
         """Is this a --resume of a finished run (results.json written, nothing left of the plan)? Then it says so;
         its config and artefacts are left as they are."""
-        if self.ckpt is None or self.ckpt["step"] < total_steps or not (self.out / "results.json").is_file():
+        if self.ckpt is None or not (self.out / "results.json").is_file():
+            return False
+        if self.ckpt["step"] < total_steps and read_json(self.out / "results.json").get("stopped_at_heldout") \
+                != self.ckpt["step"]:  # --forget-until-heldout ends a run before its plan
             return False
         self.print(f"done: {self.out} finished at D step {self.ckpt['step']}; nothing left to train, its config and "
                    "artefacts are unchanged")
@@ -409,8 +412,9 @@ def save_grid(G, z, path: Path) -> None:
 
 # ----------------------------------------------------------------------------- the end of a run
 def finish(run: Run, args, state, privacy, td, model_cfg: dict, log: RunLog, wall_s: float, elapsed: float,
-           real_seen: int) -> dict:
-    """results.json and the artefacts (rank 0), the ranks' weight check, leaving the process group."""
+           real_seen: int, extra: dict | None = None) -> dict:
+    """results.json (with ``extra``) and the artefacts (rank 0), the ranks' weight check, leaving the process
+    group."""
     real_seen = sum(all_gather(real_seen))  # real images over all ranks
     results = {"run": str(run.out), "private": privacy.private, "steps": state.step, "g_steps": state.g_steps,
                "k_final": state.sched.k, "epochs": args.epochs, "n_train": td.n, "batch_size": args.batch_size,
@@ -418,7 +422,7 @@ def finish(run: Run, args, state, privacy, td, model_cfg: dict, log: RunLog, wal
                "images_per_s": round(real_seen / elapsed, 1) if elapsed > 0 and real_seen else None,
                "final_loss_d": log.last_loss_d, "final_loss_g": log.last_loss_g, "device": str(run.device),
                "world_size": run.world, "threads": run.threads.describe()}
-    results.update(privacy.results())
+    results.update(privacy.results(), **(extra or {}))
     if state.reject is not None and run.main:  # over the whole run, resumed invocations included (the log)
         rates = [_record(line).get("mr_rejected") for line in log.path.read_text().splitlines() if line.strip()]
         rates = [r for r in rates if r is not None]

@@ -205,6 +205,8 @@ def inputs_of(args: dict) -> dict:
         out["real"] = _source(args["real"], args.get("data_root"))
     if args.get("exclude_from"):
         out["exclude_from"] = _source("any", args["exclude_from"])
+    if args.get("forget") and args["forget"] != "heads":
+        out["forget"] = content_of(args["forget"])
     return out
 
 

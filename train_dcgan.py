@@ -28,7 +28,7 @@ from config import Config, freeze
 from models import build_models, freeze_first_convs, model_config
 from privacy import NonPrivate
 from training_set import TrainingData
-from utils import Parser, UserError, all_gather, broadcast_params, read_json, run_cli, versions
+from utils import Parser, UserError, all_gather, broadcast_params, read_json, run_cli, seeded_perm, versions
 
 
 def build_parser(prog="train_dcgan.py", description=None, defaults=None) -> argparse.ArgumentParser:
@@ -139,6 +139,18 @@ def build_parser(prog="train_dcgan.py", description=None, defaults=None) -> argp
     g.add_argument("--audit-canaries", type=int, default=0, metavar="M",
                    help="M candidates of --canary-split, each included once with probability 1/2 (seeded coins "
                         "in coins.json): trials of audit.py's one-run epsilon bound")
+    g = p.add_argument_group("unlearning (unlearn.py sets these; see docs/unlearning.md)")
+    g.add_argument("--forget", default=None, metavar="SPEC",
+                   help="train without these images (and their near-duplicates): heads (the audit coins that came "
+                        "up heads) or a text file of image file names and person:ID lines; the batch schedule stays "
+                        "the one planned with them")
+    g.add_argument("--forget-as-fake", action="store_true",
+                   help="D also learns the forgotten images as fakes: a batch of them (drawn with replacement) "
+                        "joins every D step's fakes (negative gradient, Sun et al. 2023); non-private runs")
+    g.add_argument("--forget-until-heldout", action="store_true",
+                   help="stop once D's mean logit of the forgotten images is at or below that of never-seen val "
+                        "images (the held-out level, not below it); checked every --forget-check-every D steps")
+    g.add_argument("--forget-check-every", type=int, default=10, metavar="N", help="D steps between two checks")
     g = p.add_argument_group("run")
     g.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
     g.add_argument("--threads", default="auto",
@@ -218,6 +230,10 @@ def check_args(args) -> Config:
         raise UserError(f"--memorization-rejection is a distance in (0, 1), got {args.memorization_rejection}")
     if args.mr_quantile is not None and not 0 < args.mr_quantile < 1:
         raise UserError(f"--mr-quantile must be in (0, 1), got {args.mr_quantile}")
+    if (args.forget_as_fake or args.forget_until_heldout) and not args.forget:
+        raise UserError("--forget-as-fake and --forget-until-heldout act on the forgotten images: give --forget SPEC")
+    if args.forget_check_every <= 0:
+        raise UserError(f"--forget-check-every must be positive, got {args.forget_check_every}")
     return freeze(args, data_root=args.data_root if args.data == "celeba" else None,  # other sources have no root
                   augment=",".join(o for o in gan.AUGMENTATIONS if o in ops),  # canonical order
                   adaptive_d_steps=args.adaptive_d_steps or None)  # 0: off
@@ -241,6 +257,7 @@ class TrainState:
     optD: torch.optim.Optimizer
     sched: gan.DStepSchedule
     reject: gan.MemorizationRejection | None = None  # --memorization-rejection (rebuilt on resume, not saved)
+    forget: torch.Tensor | None = None  # --forget-as-fake: the forgotten images (uint8, on the device)
     step: int = 0  # D steps taken
     g_steps: int = 0
     epoch: int = 0
@@ -324,6 +341,9 @@ def train_step(state: TrainState, privacy, real_u8, args, run, g_batch: int, uni
     real = data_mod.to_float(real_u8)
     with torch.no_grad():
         fake = state.G(torch.randn(len(real), args.nz, device=run.device))
+    if state.forget is not None:  # --forget-as-fake: as many forgotten images as real ones join the fakes
+        pick = torch.randint(len(state.forget), (len(real),), device=state.forget.device)
+        fake = torch.cat([fake, data_mod.to_float(state.forget[pick])])
     real, fake = gan.augment(real, args.augment), gan.augment(fake, args.augment)  # each image on its own
     loss_d, d_x, d_gz = privacy.d_step(state.D, state.optD, real, fake, units)  # units: each row's person
     state.step += 1
@@ -345,18 +365,42 @@ def train_step(state: TrainState, privacy, real_u8, args, run, g_batch: int, uni
     return rec
 
 
+def heldout_gap_rule(args, td, device):
+    """--forget-until-heldout: a function of D giving the mean logit of the forgotten images minus that of up to
+    512 never-seen val images (none of them inserted, coin-flipped or forgotten); the run stops once it is <= 0."""
+    if not args.forget_until_heldout:
+        return None
+    val = td.imgs.splits.get("val", torch.zeros(0, dtype=torch.long))
+    val = val[~torch.isin(val, td.special())]
+    if len(val) < 10:
+        raise UserError(f"--forget-until-heldout compares with never-seen val images; {td.imgs.source} has {len(val)}")
+    never = td.imgs.images[val[seeded_perm(len(val), args.seed + 5)[:512]]].to(device)
+    gone = td.imgs.images[td.forget_idx].to(device)
+
+    @torch.no_grad()
+    def gap(D) -> float:
+        was = D.training
+        D.eval()
+        mean = lambda u8: torch.cat([D(data_mod.to_float(u8[i:i + 256])).float()  # noqa: E731
+                                     for i in range(0, len(u8), 256)]).mean().item()
+        out = mean(gone) - mean(never)
+        D.train(was)
+        return out
+    return gap
+
+
 # ----------------------------------------------------------------------------- the loop
-def train(args, privacy=None) -> dict:
+def train(args, privacy=None, record: dict | None = None) -> dict:
     """Train G and D. ``args``: the run's Config (parse_config; parsed arguments are checked into one);
-    ``privacy`` (privacy.DPSGD) makes every D step DP-SGD; None = non-private."""
+    ``privacy`` (privacy.DPSGD) makes every D step DP-SGD; None = non-private. ``record``: more for config.json."""
     args = args if isinstance(args, Config) else check_args(args)
     privacy = privacy or NonPrivate(args)
     privacy.check_args(args)
     with runs.Run(args, privacy) as run:  # the run folder (locked), the checkpoint to resume, device, threads
-        return _train(args, privacy, run)
+        return _train(args, privacy, run, record or {})
 
 
-def _train(args, privacy, run) -> dict:
+def _train(args, privacy, run, record: dict) -> dict:
     torch.manual_seed(args.seed)
     td = TrainingData(args, progress=run.progress)
     train_u8 = td.imgs.images[td.index].to(run.device)
@@ -367,10 +411,17 @@ def _train(args, privacy, run) -> dict:
         return read_json(run.out / "results.json")
     state, warm, d_trained = build_state(args, run, td, privacy, plan)
     state.reject, rejection = memorization_rejection(args, td, run.device)
+    if args.forget_as_fake:
+        if privacy.private:
+            raise UserError("--forget-as-fake puts the forgotten images in D's loss: a non-private unlearning "
+                            "(a DP run forgets by retraining: --forget alone)")
+        state.forget = td.imgs.images[td.forget_idx].to(run.device)
+    stop_rule = heldout_gap_rule(args, td, run.device)
     g_batch = math.ceil((args.g_batch_size or args.batch_size) / run.world)  # G's fixed batch, split over ranks
     model_cfg = model_config(args)
     config = {"args": args.as_dict(), "device": str(run.device), "versions": versions(), "data": td.imgs.source,
-              **td.describe(), **plan, "private": privacy.private, "world_size": run.world, "init_from": warm}
+              **td.describe(), **plan, "private": privacy.private, "world_size": run.world, "init_from": warm,
+              **record}
     if privacy.private:
         config["privacy"] = privacy.describe()
     if rejection is not None:
@@ -388,7 +439,7 @@ def _train(args, privacy, run) -> dict:
         eps = privacy.epsilon(state.step)
         run.print(f"resumed from {ckpt.path} at D step {state.step} (G step {state.g_steps})"
                   + (f", ε = {eps:.3f}" if eps is not None else ""))
-    t0, real_seen = time.time(), 0
+    t0, real_seen, stopped = time.time(), 0, None
     try:
         for epoch in range(state.epoch, args.epochs):
             if state.step >= total_steps:
@@ -408,14 +459,19 @@ def _train(args, privacy, run) -> dict:
                 eps = privacy.epsilon(state.step, final=state.step == total_steps)
                 if eps is not None:
                     rec["epsilon"] = eps
+                if stop_rule is not None and state.step % args.forget_check_every == 0:
+                    rec["forget_gap"] = stop_rule(state.raw_D)
+                    stopped = state.step if rec["forget_gap"] <= 0 else None
                 log.step(rec, rec.get("loss_g", log.last_loss_g), state.g_steps)
                 if args.ckpt_every and state.step % args.ckpt_every == 0:
                     log.flush()
                     ckpt.save(state, epoch, state.step_in_epoch)
                 if args.snapshot_every and state.step % args.snapshot_every == 0:
                     ckpt.snapshot(state)
+                if stopped:
+                    break
             epoch_done = state.step_in_epoch >= steps_per_epoch
-            last = epoch + 1 == args.epochs or state.step >= total_steps
+            last = epoch + 1 == args.epochs or state.step >= total_steps or bool(stopped)
             erec = {"kind": "epoch", "step": state.step, "g_step": state.g_steps, "epoch": epoch + 1,
                     "k": state.sched.k, "loss_d": log.last_loss_d, "loss_g": log.last_loss_g}
             eps = privacy.epsilon(state.step, final=state.step == total_steps)
@@ -427,9 +483,14 @@ def _train(args, privacy, run) -> dict:
                 state.step_in_epoch = 0
             log.pictures(epoch, last, state.released)
             log.epoch_line(erec)
+            if stopped:
+                run.print(f"--forget-until-heldout: the forgotten images are at the held-out level at D step {stopped}")
+                break
     finally:  # on Ctrl-C the last checkpoint (a consistent state) stays; --resume continues from it
         log.close()
-    return runs.finish(run, args, state, privacy, td, model_cfg, log, ckpt.wall_s(), time.time() - t0, real_seen)
+    extra = {"stopped_at_heldout": stopped or None} if stop_rule is not None else {}
+    return runs.finish(run, args, state, privacy, td, model_cfg, log, ckpt.wall_s(), time.time() - t0, real_seen,
+                       extra)
 
 
 def main(argv=None):

@@ -8,6 +8,7 @@ rebuild exactly the images a run trained on from its config.json (runs.run_train
                         with --train-size N: the N images that follow them
   --canaries K          K held-out images per repeat count, each copied R times into training (canaries.json)
   --audit-canaries M    M held-out candidates, each included once with probability 1/2 (coins.json)
+  --forget SPEC         train on the rest: minus the coins' heads, or the images and people a file lists (unlearn.py)
 
 With --privacy-unit identity these draw PEOPLE (CelebA's identity labels, or --identity-file): --train-size N
 takes N people of the train split with all their photos (one per near-duplicate group), --coin-subset 2N people
@@ -17,6 +18,8 @@ DP-SGD the person is then the unit that is sampled and clipped (privacy.DPSGD), 
 row to its person.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -164,12 +167,79 @@ class TrainingData:
         else:
             self.unit_of = torch.arange(self.n)
             self.n_units_planned = self.n_planned
+        # --forget: the run trains on the rest (the batch schedule, n_planned, stays the one planned without it)
+        self.forget = self._forget(args.forget) if getattr(args, "forget", None) else None
+        self.forget_idx = torch.zeros(0, dtype=torch.long)
+        if self.forget is not None:
+            self.forget_idx = torch.tensor(self.forget["indices"], dtype=torch.long)
+            keep = ~torch.isin(self.index, self.forget_idx)
+            self.index, self.train_idx = self.index[keep], self.train_idx[~torch.isin(self.train_idx, self.forget_idx)]
+            self.unit_of = torch.unique(self.unit_of[keep], return_inverse=True)[1] if keep.any() else self.unit_of[:0]
+            self.n = len(self.index)
+
+    def _forget(self, spec: str) -> dict:
+        """The images --forget names, with their near-duplicates: ``heads`` (the audit coins' included candidates,
+        all photos of a person coin) or a text file of one entry per line: an image file name, or person:ID (every
+        photo of that identity). Every entry must have been trained, and something must stay."""
+        imgs, trained = self.imgs, torch.unique(self.index)
+        if spec == "heads":
+            if self.coins is None:
+                raise UserError("--forget heads forgets the audit coins' heads, but this run has no coins (train "
+                                "with --audit-canaries M or --coin-subset)")
+            photos = self.coins.get("photos", [[i] for i in self.coins["indices"]])
+            chosen = [i for p, inc in zip(photos, self.coins["included"]) if inc for i in p]
+            entries = len(chosen) if "photos" not in self.coins else int(sum(self.coins["included"]))
+        else:
+            try:
+                lines = [ln.strip() for ln in Path(spec).read_text().splitlines() if ln.strip()]
+            except OSError as e:
+                raise UserError(f"--forget {spec}: cannot read it ({e.strerror}); give heads or a text file of "
+                                "image file names and person:ID lines") from None
+            if not lines:
+                raise UserError(f"--forget {spec} is empty; list one image file name or person:ID per line")
+            where = {name: i for i, name in enumerate(imgs.names)}
+            ids, group = imgs.identity_ids(), imgs.group_ids()
+            trained_groups = set(group[trained].tolist())
+            chosen, unknown, untrained = [], [], []
+            for ln in lines:
+                person = ln[len("person:"):] if ln.startswith("person:") else None
+                if person is not None:
+                    hit = (ids == int(person)).nonzero().flatten().tolist() if person.isdigit() else []
+                elif ln in where:
+                    hit = [where[ln]]
+                else:
+                    hit = []
+                if not hit:
+                    unknown.append(ln)
+                    continue
+                hit = [i for i in hit if int(group[i]) in trained_groups]  # a near-duplicate of a trained image counts
+                untrained += [ln] if not hit else []
+                chosen += hit
+            if unknown:
+                raise UserError(f"--forget {spec}: {len(unknown)} of its {len(lines)} lines name nothing in "
+                                f"{imgs.source} (e.g. {unknown[0]!r}); list file names as the data has them, or "
+                                "person:ID with an identity of its identity file")
+            if untrained:
+                raise UserError(f"--forget {spec}: {untrained[0]!r} was not in this run's training set"
+                                f"{f' (nor {len(untrained) - 1} more)' if len(untrained) > 1 else ''}; forget only "
+                                "what the run trained on")
+            entries = len(lines)
+        group = imgs.group_ids()
+        gone = trained[torch.isin(group[trained], group[torch.tensor(chosen, dtype=torch.long)])] if chosen \
+            else trained[:0]
+        if not len(gone):
+            raise UserError(f"--forget {spec}: nothing to forget (no coin came up heads)")
+        if len(gone) == len(trained):
+            raise UserError(f"--forget {spec} forgets every training image; nothing would be left to train on")
+        return {"spec": spec, "entries": entries, "images": len(gone), "indices": gone.tolist(),
+                "names": [imgs.names[i] for i in gone]}
 
     def special(self) -> torch.Tensor:
-        """Indices of images that were inserted, coin-flipped or held back as attack photos: never 'never-trained'
-        references."""
+        """Indices of images that were inserted, coin-flipped, held back as attack photos or forgotten: never
+        'never-trained' references."""
         return torch.tensor((self.canaries["indices"] if self.canaries else []) +
-                            (self.coins["indices"] if self.coins else []), dtype=torch.long)
+                            (self.coins["indices"] if self.coins else []) +
+                            (self.forget["indices"] if self.forget else []), dtype=torch.long)
 
     def _person_coins(self, drawn: list, kind: str, split: str, args) -> tuple:
         """One coin per drawn person: it includes or excludes all their training photos. Returns (the coins,
@@ -195,6 +265,8 @@ class TrainingData:
         d = {"n_train": self.n, "n_planned": self.n_planned, "dedup": self.imgs.dedup,
              "n_val": len(self.imgs.splits.get("val", [])), "n_test": len(self.imgs.splits.get("test", [])),
              "identities": self.imgs.identity_report(torch.unique(self.index))}
+        if self.forget is not None:
+            d["forget"] = {k: self.forget[k] for k in ("spec", "entries", "images", "names")}
         if self.coins:
             d["coins"] = {"kind": self.coins["kind"], "unit": self.coins.get("unit", "image"),
                           "candidates": len(self.coins.get("identities", self.coins["indices"])),
