@@ -17,8 +17,8 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from report import Model, command, eval_columns, hardware, markdown_table, row
-from utils import UserError, atomic_write_text
+from report import Model, command, eval_columns, hardware, markdown_table, row, write_study_files
+from utils import UserError
 
 DP_COST_SIZES = "250,2300"
 DP_COST_EPSILONS = "64,16,8,2"
@@ -94,7 +94,7 @@ def dp_cost(args) -> dict:
 def dp_cost_report(s: dict, layout, plan: list, t0: float) -> dict:
     from data import load_npz
     from plots import plot_dp_cost, plot_image_panels
-    from utils import pick_device, read_json, versions, write_json
+    from utils import pick_device, read_json, versions
 
     rows = []
     for m in plan:
@@ -111,13 +111,8 @@ def dp_cost_report(s: dict, layout, plan: list, t0: float) -> dict:
     result = {"settings": {k: v for k, v in s.items() if not k.endswith("_list")}, "rows": rows,
               "reference_rows": list(refs.values()), "hardware": hardware(pick_device(s["device"])),
               "versions": versions(), "this_invocation_s": round(time.time() - t0, 1)}
-    write_json(layout.file("dp_cost.json"), result)
     table = [r for n in s["size_list"] for r in [refs[n]] + [r for r in rows if r["size"] == n]]
-    md = ["What DP costs, one step at a time (FID against the model's own training set; the real held-out images "
-          "are the floor).", "", markdown_table(table, COLUMNS), "", "Commands:", ""]
-    md += [f"- N = {r['size']}, {r['defence']}: `{r['command']}`" for r in rows]
-    atomic_write_text(layout.file("dp_cost.md"), "\n".join(md) + "\n")
-    print(markdown_table(table, COLUMNS))
-    print(f"wrote {layout.file('dp_cost.md')}, dp_cost.json, dp_cost.png, dp_cost_samples.png "
-          f"({(time.time() - t0) / 60:.1f} min this invocation)")
-    return result
+    return write_study_files(
+        layout, "dp_cost", result, "What DP costs, one step at a time (FID against the model's own training set; the "
+        "real held-out images are the floor).", markdown_table(table, COLUMNS),
+        [f"N = {r['size']}, {r['defence']}: `{r['command']}`" for r in rows], "dp_cost.png, dp_cost_samples.png", t0)

@@ -202,6 +202,20 @@ def markdown_table(rows, columns=COLUMNS) -> str:
     return "\n".join(lines)
 
 
+def write_study_files(layout: Layout, name: str, result: dict, intro: str, table_md: str, commands: list,
+                      figures: str, t0: float) -> dict:
+    """A side study's NAME.json (``result``) and NAME.md (``intro``, the table, the commands), the table printed."""
+    from utils import write_json
+
+    write_json(layout.file(f"{name}.json"), result)
+    md = [intro, "", table_md, "", "Commands:", ""] + [f"- {c}" for c in commands]
+    atomic_write_text(layout.file(f"{name}.md"), "\n".join(md) + "\n")
+    print(table_md)
+    print(f"wrote {layout.file(name + '.md')}, {name}.json, {figures} ({(time.time() - t0) / 60:.1f} min this "
+          "invocation)")
+    return result
+
+
 def hardware(device) -> str:
     from utils import cpu_model
 

@@ -24,9 +24,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from report import Model, command, hardware, markdown_table, row
+from report import Model, command, hardware, markdown_table, row, write_study_files
 from unlearn import DEFAULT_STEPS
-from utils import UserError, atomic_write_text
+from utils import UserError
 
 FIXED, CANDIDATES = 0.8, 0.4  # of N: fixed training images, coin-flipped candidates
 # each method's D steps as a share of the original's (unlearn.py's default --steps; heldout: its cap)
@@ -123,7 +123,7 @@ COLUMNS = [("method", "defence", None), ("model", "model", None), ("cost s", "co
 def unlearning_report(s: dict, layout, plan: list, t0: float) -> dict:
     from data import load_npz
     from plots import plot_image_panels, plot_unlearning
-    from utils import pick_device, read_json, versions, write_json
+    from utils import pick_device, read_json, versions
 
     rows = []
     for m in plan:
@@ -145,13 +145,8 @@ def unlearning_report(s: dict, layout, plan: list, t0: float) -> dict:
     result = {"settings": {k: v for k, v in s.items() if not k.endswith("_list")}, "rows": rows,
               "hardware": hardware(pick_device(s["device"])), "versions": versions(),
               "this_invocation_s": round(time.time() - t0, 1)}
-    write_json(layout.file("unlearning.json"), result)
-    md = ["Unlearning the coin-flipped heads at N = %d (FID against each model's own training set; ε_lb: the "
-          "one-run bound of the candidates, two-sided for the unlearned rows)." % plan[0].size, "",
-          markdown_table(rows, COLUMNS), "", "Commands:", ""]
-    md += [f"- {r['defence']}: `{r['command']}`" for r in rows]
-    atomic_write_text(layout.file("unlearning.md"), "\n".join(md) + "\n")
-    print(markdown_table(rows, COLUMNS))
-    print(f"wrote {layout.file('unlearning.md')}, unlearning.json, unlearning.png, unlearning_samples.png "
-          f"({(time.time() - t0) / 60:.1f} min this invocation)")
-    return result
+    return write_study_files(
+        layout, "unlearning", result, "Unlearning the coin-flipped heads at N = %d (FID against each model's own "
+        "training set; ε_lb: the one-run bound of the candidates, two-sided for the unlearned rows)." % plan[0].size,
+        markdown_table(rows, COLUMNS), [f"{r['defence']}: `{r['command']}`" for r in rows],
+        "unlearning.png, unlearning_samples.png", t0)
