@@ -48,7 +48,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from config import identity
+from config import BEFORE, identity, normal
 from utils import UserError, folder_lock, keep_freed_memory, read_json, sha256_file, write_json
 
 PROJECT = Path(__file__).resolve().parent
@@ -123,14 +123,23 @@ class Stage:
 
 
 def differences(stored: dict, key: dict) -> list:
-    """What differs between two keys, by component: the settings, the inputs and the modules that changed."""
+    """What differs between two keys, by component: the settings, the inputs and the modules that changed. A
+    setting one key lacks counts as its config.BEFORE value (an option added since does not change old stages)."""
     out = []
     for part, what in (("args", "settings changed"), ("inputs", "input changed"), ("code", "code changed")):
         a, b = stored.get(part) or {}, key.get(part) or {}
-        changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        get = _setting if part == "args" else dict.get
+        changed = sorted(k for k in set(a) | set(b) if get(a, k) != get(b, k))
         if changed:
             out.append(f"{what}: {', '.join(changed)}")
     return out
+
+
+def _setting(args: dict, k: str):
+    """A stage key's setting k, or for a key written before the option existed, the value it had then."""
+    if k in args or k not in BEFORE:
+        return args.get(k)
+    return json.loads(json.dumps(normal(k, BEFORE[k]), default=str))
 
 
 # ----------------------------------------------------------------------------- what a stage reads

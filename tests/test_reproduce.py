@@ -9,6 +9,7 @@ import plots
 import report
 import reproduce
 import stages
+from conftest import tiny_args
 from utils import UserError
 
 
@@ -336,6 +337,22 @@ def test_stages_after_reused_ones_run(tmp_path):
     (tmp_path / "b" / "done.txt").unlink()
     again = run_stages([a, b, c], progress=False)
     assert [again[f"{n} work"]["action"] for n in "abc"] == ["reuse", "run", "reuse"]
+
+
+def test_an_option_added_later_does_not_change_old_stages(tmp_path):
+    """A stage key written before --forget existed equals today's key of the same training (the option at its
+    config.BEFORE value); the option set to anything else, or another setting changed, is a difference."""
+    from stages import Stage, differences
+
+    flags = tiny_args(tmp_path / "run")
+    stage = Stage("x", "training", reproduce.SCRIPTS["train_dcgan"], flags, tmp_path, "results.json")
+    key = stage.key()
+    old = {**key, "args": {k: v for k, v in key["args"].items() if not k.startswith("forget")}}
+    assert "forget" in key["args"] and differences(old, key) == []
+    other = Stage("x", "training", reproduce.SCRIPTS["train_dcgan"], flags + ["--forget", "heads"], tmp_path,
+                  "results.json").key()
+    assert differences(old, other) == ["settings changed: forget"]
+    assert differences({**old, "args": {**old["args"], "lr": 1.0}}, key) == ["settings changed: lr"]
 
 
 def test_bad_settings_are_one_line_errors(tmp_path, capsys, monkeypatch):
