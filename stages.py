@@ -366,7 +366,15 @@ class _Dask:
             raise UserError("--executor dask needs Dask: pip install -e \".[cluster]\"") from None
         self.threads, self.cluster, self.submitted = threads, None, []
         if scheduler is None:
-            self.cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None)
+            import dask
+
+            # a stage runs in a worker's task thread, and glibc gives each thread but the main one its own arena,
+            # whose heaps (64 MB at most) hand large blocks back to the OS on free: MALLOC_ARENA_MAX=1 keeps every
+            # thread on the main arena, where keep_freed_memory() holds them (Inception: 1.3x, performance.md);
+            # Dask's statistical profiler (a stack sample every 10 ms) off
+            with dask.config.set({"distributed.worker.profile.enabled": False}):
+                self.cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
+                                            dashboard_address=None, env={"MALLOC_ARENA_MAX": "1"})
         try:
             self.client = Client(scheduler or self.cluster, timeout=30)
         except OSError as e:
