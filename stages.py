@@ -372,9 +372,11 @@ class _Dask:
             # whose heaps (64 MB at most) hand large blocks back to the OS on free: MALLOC_ARENA_MAX=1 keeps every
             # thread on the main arena, where keep_freed_memory() holds them (Inception: 1.3x, performance.md);
             # Dask's statistical profiler (a stack sample every 10 ms) off
-            with dask.config.set({"distributed.worker.profile.enabled": False}):
+            # (set before the worker process starts: glibc reads it once, so Nanny's env=, set later, is too late)
+            with dask.config.set({"distributed.worker.profile.enabled": False,
+                                  "distributed.nanny.pre-spawn-environ.MALLOC_ARENA_MAX": 1}):
                 self.cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
-                                            dashboard_address=None, env={"MALLOC_ARENA_MAX": "1"})
+                                            dashboard_address=None)
         try:
             self.client = Client(scheduler or self.cluster, timeout=30)
         except OSError as e:
