@@ -181,7 +181,7 @@ class TrainingData:
         """The images --forget names, with their near-duplicates: ``heads`` (the audit coins' included candidates,
         all photos of a person coin) or a text file of one entry per line: an image file name, or person:ID (every
         photo of that identity). Every entry must have been trained, and something must stay."""
-        imgs, trained = self.imgs, torch.unique(self.index)
+        imgs, trained, group = self.imgs, torch.unique(self.index), self.imgs.group_ids()
         if spec == "heads":
             if self.coins is None:
                 raise UserError("--forget heads forgets the audit coins' heads, but this run has no coins (train "
@@ -198,7 +198,7 @@ class TrainingData:
             if not lines:
                 raise UserError(f"--forget {spec} is empty; list one image file name or person:ID per line")
             where = {name: i for i, name in enumerate(imgs.names)}
-            ids, group = imgs.identity_ids(), imgs.group_ids()
+            ids = imgs.identity_ids()
             trained_groups = set(group[trained].tolist())
             chosen, unknown, untrained = [], [], []
             for ln in lines:
@@ -224,7 +224,6 @@ class TrainingData:
                                 f"{f' (nor {len(untrained) - 1} more)' if len(untrained) > 1 else ''}; forget only "
                                 "what the run trained on")
             entries = len(lines)
-        group = imgs.group_ids()
         gone = trained[torch.isin(group[trained], group[torch.tensor(chosen, dtype=torch.long)])] if chosen \
             else trained[:0]
         if not len(gone):
