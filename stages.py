@@ -4,7 +4,8 @@ A stage is one call of a toolkit script (a training run, an evaluation, an audit
 into one folder (a training: its run folder). Before a stage runs, its key is computed (Stage.key):
 
   args    the script's parsed arguments (a training's frozen Config, the DP recipe's defaults included) minus the
-          result-neutral ones (config.NEUTRAL: device, threads, cache, bars, --out), paths resolved;
+          result-neutral ones (config.NEUTRAL: device, threads, cache, bars, --out), paths resolved, as the script
+          uses them whatever the environment says (effective: $INCEPTION_WEIGHTS filled in);
   inputs  the content of what it reads: a run folder it names (--init-from, --gen, --train-of, --reference-of,
           --run, --reference-runs) by the sha256 of that run's results.json (written last; it holds the sha256 of
           the run's checkpoint, generator and samples), a file (--inception-weights, --checkpoint, --identity-file)
@@ -96,8 +97,8 @@ class Stage:
 
     def key(self) -> dict:
         """What this stage computes from (module docstring), as JSON would store it."""
-        args = self.args()
-        key = {"args": identity(args), "inputs": inputs_of(vars(args)), "code": code_of(self.script.module)}
+        args = effective(vars(self.args()))
+        key = {"args": identity(args), "inputs": inputs_of(args), "code": code_of(self.script.module)}
         return json.loads(json.dumps(key, default=str))
 
     def decide(self, key: dict, reuse_stale: bool = False) -> tuple[str, str]:
@@ -120,6 +121,21 @@ class Stage:
         if done and reuse_stale and all(w.startswith("code") for w in why):
             return "reuse-stale", "; ".join(why)
         return "run", "; ".join(why)
+
+
+def effective(args: dict) -> dict:
+    """A stage's arguments as its script uses them, whatever the environment says: Inception weights left to
+    $INCEPTION_WEIGHTS are that file when the stage reads them (other weights are another input), and a
+    --data-root that only relocates the named run's recorded data (a stage with neither --data nor --real of its
+    own) is no setting: the run's content is the input. So a study keys alike with --inception-weights W and with
+    INCEPTION_WEIGHTS=W, with or without $CELEBA_ROOT."""
+    args = dict(args)
+    reads_weights = args.get("space", "inception") == "inception"  # audit.py: only its --space inception
+    if "inception_weights" in args and not args["inception_weights"] and reads_weights:
+        args["inception_weights"] = os.environ.get("INCEPTION_WEIGHTS") or None
+    if args.get("data_root") and not args.get("data") and not args.get("real"):
+        args["data_root"] = None
+    return args
 
 
 def differences(stored: dict, key: dict) -> list:

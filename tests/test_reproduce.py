@@ -522,3 +522,33 @@ def test_dp_cost_decomposes_the_price_one_step_at_a_time(tmp_path):
         "--ndf", reproduce._dp_default("ndf"))  # at N >= 2,000 the DP width is the recipe's own
     cfg = reproduce.SCRIPTS["train_dcgan_dp"].parse(report.argv_of({**clip.flags, "--out": str(tmp_path / "c")}))
     assert cfg.noise_multiplier == 0 and cfg.epsilon is None and cfg.ndf == 8  # a valid clip-only DP run
+
+
+def test_stage_keys_do_not_depend_on_how_the_environment_named_an_input(tmp_path, monkeypatch):
+    """An evaluation keys alike with --inception-weights W and with INCEPTION_WEIGHTS=W (other weights: another
+    input), and with or without a $CELEBA_ROOT that only relocates the run's data; the audit, which reads no
+    Inception weights by default, does not take them from the environment."""
+    from stages import Stage, effective
+
+    weights, other = tmp_path / "w.pth", tmp_path / "other.pth"
+    weights.write_bytes(b"weights")
+    other.write_bytes(b"other weights")
+    run, out = str(tmp_path / "run"), str(tmp_path / "eval")
+
+    def key(script, *argv):
+        return Stage("x", "work", reproduce.SCRIPTS[script], list(argv), tmp_path, "done").key()
+
+    monkeypatch.delenv("CELEBA_ROOT", raising=False)
+    monkeypatch.delenv("INCEPTION_WEIGHTS", raising=False)
+    given = key("evaluate_mifid", "--gen", run, "--out", out, "--inception-weights", str(weights))
+    audit = key("audit", "--run", run, "--out", out)
+    monkeypatch.setenv("INCEPTION_WEIGHTS", str(weights))
+    monkeypatch.setenv("CELEBA_ROOT", str(tmp_path / "celeba"))
+    assert key("evaluate_mifid", "--gen", run, "--out", out) == given
+    assert key("audit", "--run", run, "--out", out) == audit
+    monkeypatch.setenv("INCEPTION_WEIGHTS", str(other))
+    changed = key("evaluate_mifid", "--gen", run, "--out", out)
+    assert changed["inputs"]["inception_weights"] != given["inputs"]["inception_weights"]
+    root = {"data_root": "/celeba", "gen": run}
+    assert effective({**root, "real": "celeba"})["data_root"] == "/celeba"  # there the root is the data
+    assert effective(root)["data_root"] is None
