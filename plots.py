@@ -258,7 +258,8 @@ def figure_sources() -> dict:
                 "quick-samples.png": QUICK.file("samples.png")})
     out.update({f"study-{f.replace('_', '-')}": STUDY.file(f) for f in (
         "memorization_vs_n.png", "samples.png", "nn_galleries.png", "copy_galleries.png", "roc.png", "one_run.png",
-        "fid_vs_epsilon.png", "exposure.png", "frontier.png", "frontier_samples.png")})
+        "fid_vs_epsilon.png", "exposure.png", "frontier.png", "frontier_samples.png", "dp_cost.png",
+        "dp_cost_samples.png")})
     frontier = STUDY.file("frontier.json")
     stops = [r["run"] for r in read_json(frontier)["rows"] if r["defence"] == "early stopping"] \
         if frontier.is_file() else []
